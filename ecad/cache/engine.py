@@ -1,0 +1,103 @@
+"""Apply a schedule to a diffusers pipeline or transformer, and remove it again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import torch
+from diffusers.hooks import HookRegistry
+
+from ecad.cache.hooks import CLOCK_HOOK, COMPONENT_HOOK, ComponentCacheHook, RunState, StepClockHook
+from ecad.cache.plan import build_plan
+from ecad.models import architecture_of
+from ecad.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    skip_dead_work: bool = True
+    # Compile each component's computation; the per-step reuse dispatch stays eager, so a schedule
+    # that changes from step to step does not recompile.
+    compile_components: bool = False
+    compile_options: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class CallStats:
+    computed: int
+    reused: int
+    skipped: int
+
+
+class CacheEngine:
+    """Runs a diffusers pipeline (or bare transformer) under a caching schedule.
+
+    Use as a context manager, or `apply()` / `remove()`. Hooks go on the module instances through
+    diffusers' `HookRegistry`; removing them restores the original forwards exactly.
+    """
+
+    def __init__(self, target: Any, schedule: Schedule, options: EngineOptions | None = None) -> None:
+        transformer = getattr(target, "transformer", target)
+        if not isinstance(transformer, torch.nn.Module):
+            raise TypeError(f"expected a diffusers pipeline or transformer, got {type(target).__name__}")
+        architecture = architecture_of(transformer, schedule.family)
+        if architecture.block_counts != schedule.architecture.block_counts:
+            raise ValueError(
+                f"schedule {schedule.name!r} is for {schedule.architecture.block_counts} blocks, "
+                f"the model has {architecture.block_counts}"
+            )
+        self.transformer = transformer
+        self.schedule = schedule
+        self.options = options or EngineOptions()
+        self.state = RunState(plan=build_plan(schedule, self.options.skip_dead_work))
+        self._hooked: list[torch.nn.Module] = []
+
+    @property
+    def applied(self) -> bool:
+        return bool(self._hooked)
+
+    def apply(self) -> Self:
+        if self.applied:
+            raise RuntimeError("this engine is already applied")
+        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
+        if registry.get_hook(CLOCK_HOOK) is not None:
+            raise RuntimeError("the transformer already runs under a cache engine; remove that one first")
+        self.state.restart()
+        registry.register_hook(StepClockHook(self.state), CLOCK_HOOK)
+        self._hooked.append(self.transformer)
+        blocks = self.schedule.adapter.blocks(self.transformer)
+        for block, ((group, _), module) in enumerate(zip(self.schedule.block_groups(), blocks, strict=True)):
+            for index, component in enumerate(group.components):
+                target = module.get_submodule(component.module_path)
+                hook = ComponentCacheHook(self.state, block, index, component)
+                HookRegistry.check_if_exists_or_initialize(target).register_hook(hook, COMPONENT_HOOK)
+                if self.options.compile_components:
+                    hook.compute = torch.compile(
+                        hook.fn_ref.original_forward, **dict(self.options.compile_options)
+                    )
+                self._hooked.append(target)
+        return self
+
+    def remove(self) -> None:
+        self.state.restart()
+        for module in self._hooked:
+            registry = module._diffusers_hook
+            registry.remove_hook(CLOCK_HOOK if module is self.transformer else COMPONENT_HOOK, recurse=False)
+        self._hooked.clear()
+
+    def reset(self) -> None:
+        """Forget the clock and every cached value; the next forward starts a new call."""
+        self.state.restart()
+
+    def last_call_stats(self) -> CallStats:
+        return CallStats(self.state.computed, self.state.reused, self.state.skipped)
+
+    def __enter__(self) -> Self:
+        return self.apply()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.remove()

@@ -1,0 +1,115 @@
+"""diffusers `ModelHook`s that carry out a schedule on module instances (never on classes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from ecad.cache.plan import Action
+from ecad.models import Component
+
+CLOCK_HOOK = "ecad_step_clock"
+COMPONENT_HOOK = "ecad_component_cache"
+
+
+@dataclass
+class RunState:
+    """The denoising clock of one transformer plus per-call counters, shared by all its hooks.
+
+    Diffusers passes no step index to PixArt or FLUX transformers, so the clock counts forwards:
+    a new timestep is a new step; a repeated timestep is another pass of the same step (true CFG run
+    as two calls), whose cached values are kept apart; a timestep that goes up starts a new call.
+    """
+
+    plan: torch.Tensor
+    step: int = -1
+    pass_index: int = 0
+    last_timestep: float | None = None
+    computed: int = 0
+    reused: int = 0
+    skipped: int = 0
+    on_new_call: list[Callable[[], None]] = field(default_factory=list)
+
+    def tick(self, timestep: float) -> None:
+        if self.last_timestep is None or timestep > self.last_timestep:
+            self.restart()
+            self.step = 0
+        elif timestep == self.last_timestep:
+            self.pass_index += 1
+        else:
+            self.step += 1
+            self.pass_index = 0
+        self.last_timestep = timestep
+        if self.step >= self.plan.shape[0]:
+            steps = self.plan.shape[0]
+            self.restart()
+            raise ValueError(
+                f"the pipeline ran more denoising steps than the schedule has ({steps}); "
+                f"call it with num_inference_steps={steps}"
+            )
+
+    def restart(self) -> None:
+        self.step, self.pass_index, self.last_timestep = -1, 0, None
+        self.computed = self.reused = self.skipped = 0
+        for release in self.on_new_call:
+            release()
+
+
+class StepClockHook(ModelHook):
+    """On the transformer: advance the clock before each forward."""
+
+    def __init__(self, state: RunState) -> None:
+        super().__init__()
+        self.state = state
+
+    def pre_forward(
+        self, module: torch.nn.Module, *args: Any, **kwargs: Any
+    ) -> tuple[tuple[Any], dict[str, Any]]:
+        timestep = kwargs.get("timestep")
+        if timestep is None:
+            raise ValueError(
+                "the cache engine needs the transformer's `timestep` passed as a keyword argument"
+            )
+        value = timestep.reshape(-1)[0].item() if isinstance(timestep, torch.Tensor) else float(timestep)
+        self.state.tick(float(value))
+        return args, kwargs
+
+
+class ComponentCacheHook(ModelHook):
+    """On one component module: compute, reuse or skip it as the plan says for the current step."""
+
+    def __init__(self, state: RunState, block: int, index: int, component: Component) -> None:
+        super().__init__()
+        self.state = state
+        self.block, self.index, self.component = block, index, component
+        self.slots: dict[int, Any] = {}
+        self.compute: Callable[..., Any] | None = None
+        state.on_new_call.append(self.slots.clear)
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        action = int(state.plan[state.step, self.block, self.index])
+        if action == Action.REUSE:
+            state.reused += 1
+            return self.slots[state.pass_index]
+        if action == Action.REUSE_RELEASE:
+            state.reused += 1
+            return self.slots.pop(state.pass_index)
+        if action == Action.SKIP:
+            state.skipped += 1
+            assert self.component.placeholder is not None
+            return self.component.placeholder(module, args, kwargs)
+        state.computed += 1
+        compute = self.compute or self.fn_ref.original_forward
+        output = compute(*args, **kwargs)
+        if action == Action.COMPUTE_STORE:
+            self.slots[state.pass_index] = output
+        return output
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.slots.clear()
+        return module

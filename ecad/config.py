@@ -1,0 +1,93 @@
+"""Model entries of `config.yaml`: which pipeline to build, from where, on which device."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ecad.models import ADAPTERS
+
+RANDOM_SOURCE = "random:tiny"
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot start; the message names the file and the key."""
+
+
+class ModelConfig(BaseModel):
+    """One served (or searched) model.
+
+    `source` is a local diffusers folder, a Hugging Face hub id, or `random:tiny` (a tiny
+    random-weight pipeline built from configs: no downloads, noise images, for tests and demos).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    family: Literal["pixart_alpha", "pixart_sigma", "flux"]
+    source: str = Field(min_length=1)
+    transformer: str | None = None
+    dtype: Dtype = "float32"
+    device: str = "cpu"
+    workers_per_device: int = Field(default=1, ge=1, le=16)
+    steps: int = Field(default=20, ge=1, le=200)
+    guidance_scale: float = Field(default=4.5, ge=0.0, le=30.0)
+    default_size: str = "256x256"
+    min_side: int = Field(default=64, ge=16)
+    max_side: int = Field(default=1024, ge=16)
+    schedules: Path | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"{value!r} is not a device (cpu, cuda, cuda:N, mps)")
+        return value
+
+    @field_validator("default_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+x\d+", value):
+            raise ValueError(f"{value!r} is not WIDTHxHEIGHT")
+        return value
+
+    @property
+    def adapter(self) -> Any:
+        return ADAPTERS[self.family]
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (VAE ×8 times the patch/packing size)."""
+        return 16
+
+    def registry_dir(self, root: Path) -> Path:
+        return self.schedules if self.schedules is not None else root / "schedules" / self.id
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming its key path, e.g. `models.0.dtype: Input should be …`."""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in (*([prefix] if prefix else []), *problem["loc"]))
+        lines.append(f"{key}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data

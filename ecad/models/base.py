@@ -1,0 +1,132 @@
+"""What the rest of the library needs to know about one model family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import torch
+
+
+class Role(StrEnum):
+    """What a component computes; heuristic schedules select components by role."""
+
+    SELF_ATTENTION = "self_attention"
+    CROSS_ATTENTION = "cross_attention"
+    JOINT_ATTENTION = "joint_attention"
+    FEED_FORWARD = "feed_forward"
+    PROJECTION = "projection"
+
+    @property
+    def is_attention(self) -> bool:
+        return self in (Role.SELF_ATTENTION, Role.CROSS_ATTENTION, Role.JOINT_ATTENTION)
+
+
+Placeholder = Callable[[torch.nn.Module, tuple[Any, ...], dict[str, Any]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One cacheable component: its ECAD name, the submodule it wraps (relative to its block) and role.
+
+    `read_by` names the component of the same block that is the only consumer of this one's output,
+    so its work is dead at steps where that consumer is reused. `placeholder` builds a tensor of the
+    right shape to return instead of computing dead work.
+    """
+
+    name: str
+    module_path: str
+    role: Role
+    read_by: str | None = None
+    placeholder: Placeholder | None = None
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    """A run of identical transformer blocks, in schedule order.
+
+    `key_prefix` is how the ECAD JSON names the blocks ("" → "0", "1"…; "single_" → "single_0"…) and
+    `count_key` the `cache_schedule` field holding their number.
+    """
+
+    name: str
+    key_prefix: str
+    count_key: str
+    components: tuple[Component, ...]
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.components)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The sizes that fix a schedule's shape and the cost of each component.
+
+    Built from a transformer's config (`adapter.architecture(config)`), so the same numbers serve the
+    real model, the embedded model and a tiny test model. `dims` holds the family-specific widths used
+    by the MAC formulas.
+    """
+
+    family: str
+    block_counts: tuple[int, ...]
+    hidden_size: int
+    dims: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.block_counts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "block_counts": list(self.block_counts),
+            "hidden_size": self.hidden_size,
+            "dims": dict(self.dims),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Architecture:
+        return cls(
+            family=str(data["family"]),
+            block_counts=tuple(int(n) for n in data["block_counts"]),
+            hidden_size=int(data["hidden_size"]),
+            dims={str(k): int(v) for k, v in data.get("dims", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The input one transformer forward runs on: image tokens, text tokens and batch rows."""
+
+    image_tokens: int
+    text_tokens: int
+    batch: int = 2
+
+
+class ModelAdapter(Protocol):
+    """Everything family-specific: blocks, components, hook points and MAC formulas.
+
+    Adding a model family means adding one adapter and registering it in `ecad.models`.
+    """
+
+    family: str
+    groups: tuple[BlockGroup, ...]
+    default_text_tokens: int
+    pipeline_class: str
+    transformer_class: str
+    reference: Architecture
+
+    def architecture(self, config: dict[str, Any]) -> Architecture: ...
+
+    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]: ...
+
+    def image_tokens(self, arch: Architecture, height: int, width: int) -> int: ...
+
+    def component_macs(self, arch: Architecture, work: Workload) -> dict[str, int]: ...
+
+    def fixed_macs(self, arch: Architecture, work: Workload) -> int: ...
+
+    def slot_elements(self, arch: Architecture, work: Workload) -> dict[str, int]: ...

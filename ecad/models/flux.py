@@ -1,0 +1,137 @@
+"""FLUX.1 (`FluxTransformer2DModel`): 19 double-stream and 38 single-stream blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ecad.models.base import Architecture, BlockGroup, Component, Role, Workload
+
+_MLP_RATIO = 4
+_TIMESTEP_FREQ_DIM = 256
+
+
+def _attention_placeholder(
+    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> torch.Tensor:
+    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    return hidden.new_empty(hidden.shape)
+
+
+def _linear_placeholder(
+    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> torch.Tensor:
+    hidden = kwargs["input"] if "input" in kwargs else args[0]
+    return hidden.new_empty((*hidden.shape[:-1], module.out_features))
+
+
+DOUBLE_BLOCKS = BlockGroup(
+    name="double",
+    key_prefix="",
+    count_key="num_blocks",
+    components=(
+        Component("full_attn", "attn", Role.JOINT_ATTENTION),
+        Component("full_ff", "ff", Role.FEED_FORWARD),
+        Component("full_ff_context", "ff_context", Role.FEED_FORWARD),
+    ),
+)
+# In a single block, attention and the MLP input projection are read only by `proj_out` of the same
+# block; when `proj_out` is reused their work is dead unless a later step reads the cached value.
+SINGLE_BLOCKS = BlockGroup(
+    name="single",
+    key_prefix="single_",
+    count_key="num_single_blocks",
+    components=(
+        Component("single_attn", "attn", Role.JOINT_ATTENTION, "single_proj_out", _attention_placeholder),
+        Component("single_proj_mlp", "proj_mlp", Role.FEED_FORWARD, "single_proj_out", _linear_placeholder),
+        Component("single_proj_out", "proj_out", Role.PROJECTION),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class FluxAdapter:
+    family: str = "flux"
+    default_text_tokens: int = 512
+    pipeline_class: str = "FluxPipeline"
+    transformer_class: str = "FluxTransformer2DModel"
+    groups: tuple[BlockGroup, ...] = (DOUBLE_BLOCKS, SINGLE_BLOCKS)
+
+    @property
+    def reference(self) -> Architecture:
+        """FLUX.1-dev, the architecture the published schedules were searched on."""
+        return self.architecture(
+            {
+                "num_layers": 19,
+                "num_single_layers": 38,
+                "num_attention_heads": 24,
+                "attention_head_dim": 128,
+                "in_channels": 64,
+                "joint_attention_dim": 4096,
+                "pooled_projection_dim": 768,
+                "guidance_embeds": True,
+            }
+        )
+
+    def architecture(self, config: dict[str, Any]) -> Architecture:
+        hidden = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        in_channels = int(config.get("in_channels", 64))
+        patch = int(config.get("patch_size", 1))
+        return Architecture(
+            family=self.family,
+            block_counts=(int(config["num_layers"]), int(config["num_single_layers"])),
+            hidden_size=hidden,
+            dims={
+                "in_channels": in_channels,
+                "out_channels": int(config.get("out_channels") or in_channels),
+                "patch_size": patch,
+                "joint_attention_dim": int(config.get("joint_attention_dim", 4096)),
+                "pooled_projection_dim": int(config.get("pooled_projection_dim", 768)),
+                "guidance_embeds": int(bool(config.get("guidance_embeds", True))),
+            },
+        )
+
+    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+
+    def image_tokens(self, arch: Architecture, height: int, width: int) -> int:
+        cell = 16 * arch.dims["patch_size"]  # VAE ×8, then 2×2 latent packing
+        return (height // cell) * (width // cell)
+
+    def component_macs(self, arch: Architecture, work: Workload) -> dict[str, int]:
+        d, n, t, b = arch.hidden_size, work.image_tokens, work.text_tokens, work.batch
+        tokens = n + t
+        return {
+            "full_attn": b * 4 * tokens * d * d,
+            "full_ff": b * 2 * _MLP_RATIO * n * d * d,
+            "full_ff_context": b * 2 * _MLP_RATIO * t * d * d,
+            "single_attn": b * 3 * tokens * d * d,
+            "single_proj_mlp": b * _MLP_RATIO * tokens * d * d,
+            "single_proj_out": b * (1 + _MLP_RATIO) * tokens * d * d,
+        }
+
+    def fixed_macs(self, arch: Architecture, work: Workload) -> int:
+        d, n, t, b = arch.hidden_size, work.image_tokens, work.text_tokens, work.batch
+        num_double, num_single = arch.block_counts
+        adaln = (num_double * 12 + num_single * 3 + 2) * d * d  # block modulation and the final norm
+        embedders = (1 + arch.dims["guidance_embeds"]) * (_TIMESTEP_FREQ_DIM * d + d * d)
+        embedders += arch.dims["pooled_projection_dim"] * d + d * d
+        patch_io = (
+            n * d * (arch.dims["in_channels"] + arch.dims["patch_size"] ** 2 * arch.dims["out_channels"])
+        )
+        context = t * arch.dims["joint_attention_dim"] * d
+        return b * (adaln + embedders + patch_io + context)
+
+    def slot_elements(self, arch: Architecture, work: Workload) -> dict[str, int]:
+        d, n, t, b = arch.hidden_size, work.image_tokens, work.text_tokens, work.batch
+        tokens = n + t
+        return {
+            "full_attn": b * tokens * d,
+            "full_ff": b * n * d,
+            "full_ff_context": b * t * d,
+            "single_attn": b * tokens * d,
+            "single_proj_mlp": b * _MLP_RATIO * tokens * d,
+            "single_proj_out": b * tokens * d,
+        }

@@ -1,0 +1,90 @@
+"""PixArt-α / PixArt-Σ (`PixArtTransformer2DModel`): 3 components per `BasicTransformerBlock`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ecad.models.base import Architecture, BlockGroup, Component, Role, Workload
+
+BLOCKS = BlockGroup(
+    name="blocks",
+    key_prefix="",
+    count_key="num_blocks",
+    components=(
+        Component("attn1", "attn1", Role.SELF_ATTENTION),
+        Component("attn2", "attn2", Role.CROSS_ATTENTION),
+        Component("ff", "ff", Role.FEED_FORWARD),
+    ),
+)
+
+# Timestep embedding input width of diffusers' `Timesteps` projection in PixArt.
+_TIMESTEP_FREQ_DIM = 256
+
+
+@dataclass(frozen=True)
+class PixArtAdapter:
+    family: str
+    default_text_tokens: int
+    pipeline_class: str
+    transformer_class: str = "PixArtTransformer2DModel"
+    groups: tuple[BlockGroup, ...] = (BLOCKS,)
+
+    @property
+    def reference(self) -> Architecture:
+        """PixArt XL-2, the architecture the published schedules were searched on."""
+        return self.architecture(
+            {
+                "num_layers": 28,
+                "num_attention_heads": 16,
+                "attention_head_dim": 72,
+                "in_channels": 4,
+                "out_channels": 8,
+                "patch_size": 2,
+                "caption_channels": 4096,
+            }
+        )
+
+    def architecture(self, config: dict[str, Any]) -> Architecture:
+        hidden = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        in_channels = int(config.get("in_channels", 4))
+        return Architecture(
+            family=self.family,
+            block_counts=(int(config["num_layers"]),),
+            hidden_size=hidden,
+            dims={
+                "in_channels": in_channels,
+                "out_channels": int(config.get("out_channels") or in_channels),
+                "patch_size": int(config.get("patch_size", 2)),
+                "caption_channels": int(config.get("caption_channels", 4096)),
+            },
+        )
+
+    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(transformer.transformer_blocks)
+
+    def image_tokens(self, arch: Architecture, height: int, width: int) -> int:
+        cell = 8 * arch.dims["patch_size"]  # VAE ×8, then patchify
+        return (height // cell) * (width // cell)
+
+    def component_macs(self, arch: Architecture, work: Workload) -> dict[str, int]:
+        d, n, t, b = arch.hidden_size, work.image_tokens, work.text_tokens, work.batch
+        return {
+            "attn1": b * 4 * n * d * d,
+            "attn2": b * (2 * n + 2 * t) * d * d,
+            "ff": b * 8 * n * d * d,
+        }
+
+    def fixed_macs(self, arch: Architecture, work: Workload) -> int:
+        d, n, t, b = arch.hidden_size, work.image_tokens, work.text_tokens, work.batch
+        patch_area = arch.dims["patch_size"] ** 2
+        caption = t * (arch.dims["caption_channels"] * d + d * d)
+        timestep = _TIMESTEP_FREQ_DIM * d + d * d + 6 * d * d  # embedder MLP and adaLN-single
+        patch_io = n * d * patch_area * (arch.dims["in_channels"] + arch.dims["out_channels"])
+        return b * (caption + timestep + patch_io)
+
+    def slot_elements(self, arch: Architecture, work: Workload) -> dict[str, int]:
+        rows = work.batch * work.image_tokens * arch.hidden_size
+        return {"attn1": rows, "attn2": rows, "ff": rows}
