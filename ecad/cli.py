@@ -61,3 +61,90 @@ def schedule_info(
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         typer.echo(f"{label:<{width}}  {value}")
+
+
+def _key_values(items: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        pairs[key] = value
+    return pairs
+
+
+@app.command("search")
+def search(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="search.yaml; flags override its keys")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="id of a model entry of --models-config")] = None,
+    models_config: Annotated[
+        Path | None, typer.Option(help="file with the `models:` list [config.yaml]")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="denoising steps [the model's]")] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="square image side [the model's default size]")
+    ] = None,
+    guidance: Annotated[float | None, typer.Option(help="guidance scale [the model's]")] = None,
+    text_tokens: Annotated[int | None, typer.Option(help="text tokens [the family's]")] = None,
+    prompts: Annotated[str | None, typer.Option(help="prompt file or built-in set [imagereward-100]")] = None,
+    prompt_limit: Annotated[int | None, typer.Option(help="use only the first N prompts")] = None,
+    images_per_prompt: Annotated[int | None, typer.Option(help="seeds 0..K-1 per prompt [2]")] = None,
+    population: Annotated[int | None, typer.Option(help="NSGA-II population [24]")] = None,
+    generations: Annotated[int | None, typer.Option(help="generations [10]")] = None,
+    metric: Annotated[str | None, typer.Option(help="quality metric [fidelity]")] = None,
+    metric_option: Annotated[
+        list[str] | None, typer.Option(help="metric option KEY=VALUE (repeatable)")
+    ] = None,
+    cost: Annotated[str | None, typer.Option(help="macs or latency [macs]")] = None,
+    out: Annotated[Path | None, typer.Option(help="registry folder [schedules/<model>]")] = None,
+    state: Annotated[Path | None, typer.Option(help="checkpoint folder [runs/search-<model>]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the search in --state")] = False,
+    seed: Annotated[int | None, typer.Option(help="GA random seed [0]")] = None,
+    seeding: Annotated[str | None, typer.Option(help="heuristics or random [heuristics]")] = None,
+    crossover_points: Annotated[int | None, typer.Option(help="[4]")] = None,
+    crossover_prob: Annotated[float | None, typer.Option(help="[0.9]")] = None,
+    mutation_prob: Annotated[
+        float | None, typer.Option(help="probability an offspring is mutated [0.05]")
+    ] = None,
+    eliminate_duplicates: Annotated[bool | None, typer.Option(help="[on]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="images per pipeline call [8]")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads per worker")] = None,
+    dask: Annotated[str | None, typer.Option(help="scheduler address, or local:N")] = None,
+    tier_rule: Annotated[
+        list[str] | None, typer.Option(help="max relative quality loss per tier, e.g. best=0.02 (repeatable)")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
+) -> None:
+    """Find a model's Pareto front of schedules (NSGA-II) and write its schedule registry."""
+    flags = dict(locals())
+    from ecad.config import ConfigError
+    from ecad.search import Search, load_search_config, prepare, write_outputs
+
+    overrides = {
+        key: value
+        for key, value in flags.items()
+        if key not in {"config", "metric_option", "tier_rule", "progress"}
+    }
+    overrides["resume"] = resume or None
+    if metric_option:
+        overrides["metric_options"] = _key_values(metric_option, "--metric-option")
+    if tier_rule:
+        overrides["tier_rule"] = {
+            key: float(value) for key, value in _key_values(tier_rule, "--tier-rule").items()
+        }
+    try:
+        settings = load_search_config(config, overrides)
+        setup = prepare(settings)
+        runner = Search(setup, progress=progress)
+        runner.run()
+        outcome = write_outputs(setup, runner.archive.all(), runner.baselines)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted; the last finished generation is saved: rerun with --resume", err=True)
+        raise typer.Exit(130) from None
+    typer.echo((outcome.registry / "summary.md").read_text())
+    typer.echo(f"registry written to {outcome.registry}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,16 @@ def _generate(pipe: DiffusionPipeline, variant: str, prompt: str = "a red cat on
         **kwargs,
     )
     return out.images
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread() -> Iterator[None]:
+    # The models are too small to gain from intra-op threads, and on a busy 2-core box the spinning
+    # OpenMP workers make each call 10-30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=VARIANTS)

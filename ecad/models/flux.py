@@ -124,6 +124,24 @@ class FluxAdapter:
         context = t * arch.dims["joint_attention_dim"] * d
         return b * (adaln + embedders + patch_io + context)
 
+    def call_kwargs(self, with_embeds: bool = False) -> dict[str, Any]:
+        return {}
+
+    def encode_prompts(
+        self, pipe: Any, prompts: list[str], text_tokens: int | None = None, negative_prompt: str = ""
+    ) -> dict[str, torch.Tensor]:
+        """Text-encoder outputs as pipeline keyword arguments, one row per prompt.
+
+        FLUX.1-dev is guidance-distilled: it runs no CFG pass, so the negative prompt has no effect.
+        """
+        embeds, pooled, _text_ids = pipe.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            device=pipe.device,
+            max_sequence_length=text_tokens or self.default_text_tokens,
+        )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
     def slot_elements(self, arch: Architecture, work: Workload) -> dict[str, int]:
         d, n, t, b = arch.hidden_size, work.image_tokens, work.text_tokens, work.batch
         tokens = n + t

@@ -10,7 +10,7 @@ import torch
 from ecad.models.base import Architecture, BlockGroup, Component, Role, Workload
 
 BLOCKS = BlockGroup(
-    name="blocks",
+    name="transformer",
     key_prefix="",
     count_key="num_blocks",
     components=(
@@ -84,6 +84,35 @@ class PixArtAdapter:
         timestep = _TIMESTEP_FREQ_DIM * d + d * d + 6 * d * d  # embedder MLP and adaLN-single
         patch_io = n * d * patch_area * (arch.dims["in_channels"] + arch.dims["out_channels"])
         return b * (caption + timestep + patch_io)
+
+    def call_kwargs(self, with_embeds: bool = False) -> dict[str, Any]:
+        """Arguments every call needs: no aspect-ratio snapping, no caption cleaning (needs bs4/ftfy).
+
+        With pre-encoded prompts the default negative prompt "" must be cleared, or the pipeline refuses.
+        """
+        kwargs: dict[str, Any] = {"use_resolution_binning": False, "clean_caption": False}
+        if with_embeds:
+            kwargs["negative_prompt"] = None
+        return kwargs
+
+    def encode_prompts(
+        self, pipe: Any, prompts: list[str], text_tokens: int | None = None, negative_prompt: str = ""
+    ) -> dict[str, torch.Tensor]:
+        """Text-encoder outputs as pipeline keyword arguments, one row per prompt (CFG pair included)."""
+        embeds, mask, negative, negative_mask = pipe.encode_prompt(
+            prompts,
+            do_classifier_free_guidance=True,
+            negative_prompt=negative_prompt,
+            device=pipe.device,
+            clean_caption=False,
+            max_sequence_length=text_tokens or self.default_text_tokens,
+        )
+        return {
+            "prompt_embeds": embeds,
+            "prompt_attention_mask": mask,
+            "negative_prompt_embeds": negative,
+            "negative_prompt_attention_mask": negative_mask,
+        }
 
     def slot_elements(self, arch: Architecture, work: Workload) -> dict[str, int]:
         rows = work.batch * work.image_tokens * arch.hidden_size

@@ -48,6 +48,26 @@ def build_random_pipeline(config: ModelConfig) -> Any:
     return tiny_pixart_pipeline("sigma" if config.family == "pixart_sigma" else "alpha")
 
 
+def load_transformer_config(config: ModelConfig) -> dict[str, Any]:
+    """The transformer's config alone (no weights): enough for schedule shapes and MAC counts."""
+    if config.source == RANDOM_SOURCE:
+        return dict(build_random_pipeline(config).transformer.config)
+    transformer_class = getattr(diffusers, config.adapter.transformer_class)
+    source = config.transformer or config.source
+    local = _is_local(source)
+    nested = not local or (Path(source).expanduser() / "transformer").is_dir()
+    try:
+        return dict(
+            transformer_class.load_config(
+                str(Path(source).expanduser()) if local else source,
+                subfolder="transformer" if nested else None,
+                local_files_only=local,
+            )
+        )
+    except OSError as error:
+        raise ModelLoadError(f"cannot read the transformer config of {source!r}: {error}") from error
+
+
 def load_pipeline(config: ModelConfig) -> Any:
     """The pipeline for `config`, on its device and dtype, with the progress bar off."""
     dtype = DTYPES[config.dtype]

@@ -76,7 +76,7 @@ def schedule_from_document(document: Any, path: str | Path, family: str | None =
         if declared != count:
             raise fail(
                 f"cache_schedule.{group.count_key}",
-                f"{declared!r} blocks, but {family} has {count} {group.name} blocks",
+                f"{declared!r}, but {family} has {count} {group.name} blocks",
             )
 
     mask = _parse_mask(section.get("schedule"), steps, adapter, architecture, fail)

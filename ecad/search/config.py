@@ -1,0 +1,104 @@
+"""Settings of one `ecad search` run: a YAML file whose every key is also a command-line flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ecad.config import ConfigError, ModelConfig, format_validation_error, read_yaml
+from ecad.registry import TierRule
+
+
+class SearchConfig(BaseModel):
+    """Defaults follow the paper where it fits a CPU: NSGA-II with 4-point crossover (p=0.9), bit-flip
+    mutation of one offspring in twenty, binary tournament, rank-and-crowding survival, duplicates
+    eliminated, heuristic seeds. The paper's own scale is population 72 × ~550 generations × 1,000 images.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="id of a model entry in the models config")
+    models_config: Path = Field(
+        default=Path("config.yaml"), description="file whose `models:` list holds --model"
+    )
+    steps: int | None = Field(default=None, ge=2, description="denoising steps (default: the model's)")
+    resolution: int | None = Field(
+        default=None, ge=16, description="square image side (default: the model's)"
+    )
+    guidance: float | None = Field(default=None, ge=0.0, description="guidance scale (default: the model's)")
+    text_tokens: int | None = Field(default=None, ge=1, description="text tokens (default: the family's)")
+    prompts: str | None = Field(
+        default=None, description="prompt file or built-in set (default: calibration set)"
+    )
+    prompt_limit: int | None = Field(default=None, ge=1, description="use only the first N prompts")
+    images_per_prompt: int = Field(
+        default=2, ge=1, description="seeds 0..K-1, the same noise for every candidate"
+    )
+    population: int = Field(default=24, ge=4)
+    generations: int = Field(default=10, ge=1)
+    metric: str = "fidelity"
+    metric_options: dict[str, Any] = Field(default_factory=dict)
+    cost: Literal["macs", "latency"] = "macs"
+    out: Path | None = Field(default=None, description="registry folder (default: schedules/<model>)")
+    state: Path | None = Field(
+        default=None, description="checkpoint and archive folder (default: runs/search-<model>)"
+    )
+    resume: bool = False
+    seed: int = 0
+    seeding: Literal["heuristics", "random"] = "heuristics"
+    crossover_points: int = Field(default=4, ge=1)
+    crossover_prob: float = Field(default=0.9, ge=0.0, le=1.0)
+    mutation_prob: float = Field(default=0.05, ge=0.0, le=1.0)
+    eliminate_duplicates: bool = True
+    batch_size: int = Field(default=8, ge=1, description="images per pipeline call")
+    threads: int | None = Field(default=None, ge=1, description="torch threads per evaluation worker")
+    dask: str | None = Field(default=None, description="scheduler address, or local:N for a local cluster")
+    tier_rule: TierRule = Field(default_factory=TierRule)
+
+    @model_validator(mode="after")
+    def _dask_address(self) -> SearchConfig:
+        if self.dask is not None and self.dask.startswith("local:"):
+            count = self.dask.removeprefix("local:")
+            if not count.isdigit() or int(count) < 1:
+                raise ValueError(f"dask: 'local:N' needs a positive worker count, got {self.dask!r}")
+        return self
+
+    def registry_dir(self) -> Path:
+        return self.out if self.out is not None else Path("schedules") / self.model
+
+    def state_dir(self) -> Path:
+        return self.state if self.state is not None else Path("runs") / f"search-{self.model}"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must agree on to be resumed (output places and worker layout may change)."""
+        return self.model_dump(
+            mode="json", exclude={"resume", "out", "state", "dask", "threads", "generations"}
+        )
+
+
+def load_search_config(path: Path | None, overrides: dict[str, Any]) -> SearchConfig:
+    data = read_yaml(path) if path is not None else {}
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{path or 'search settings'}:\n{format_validation_error(error)}") from None
+
+
+def find_model(config: SearchConfig) -> ModelConfig:
+    data = read_yaml(config.models_config)
+    entries = data.get("models")
+    if not isinstance(entries, list):
+        raise ConfigError(f"{config.models_config}: models: expected a list of model entries")
+    for index, entry in enumerate(entries):
+        if isinstance(entry, dict) and entry.get("id") == config.model:
+            try:
+                return ModelConfig.model_validate(entry)
+            except ValidationError as error:
+                raise ConfigError(
+                    f"{config.models_config}:\n{format_validation_error(error, prefix=f'models.{index}')}"
+                ) from None
+    known = ", ".join(str(entry.get("id")) for entry in entries if isinstance(entry, dict))
+    raise ConfigError(f"{config.models_config}: no model with id {config.model!r} (known: {known})")

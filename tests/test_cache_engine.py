@@ -1,0 +1,272 @@
+"""The cache engine on tiny real pipelines of all three families."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from ecad.cache import Action, CacheEngine, EngineOptions, build_plan
+from ecad.schedule import Schedule, fora, no_cache
+from tests.helpers import FAMILIES, STEPS, architecture, build_pipeline, generate
+
+PROMPTS = ["a red circle", "two blue squares on a yellow background"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_pipe(request: pytest.FixtureRequest) -> tuple[str, Any]:
+    return request.param, build_pipeline(request.param)
+
+
+def random_schedule(pipe: Any, family: str, seed: int, steps: int = STEPS) -> Schedule:
+    generator = torch.Generator().manual_seed(seed)
+    arch = architecture(pipe, family)
+    mask = torch.rand(steps, arch.num_blocks, 3, generator=generator) > 0.5
+    return Schedule(mask, arch, name=f"random_{seed}")
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_no_cache_schedule_is_bit_identical_and_removal_restores(
+    family_pipe: tuple[str, Any], batch: int
+) -> None:
+    family, pipe = family_pipe
+    prompts, seeds = PROMPTS[:batch], [7, 8][:batch]
+    stock = generate(pipe, family, prompts, seeds)
+    with CacheEngine(pipe, no_cache(architecture(pipe, family), STEPS)):
+        cached = generate(pipe, family, prompts, seeds)
+    assert np.array_equal(cached, stock)
+
+    with CacheEngine(pipe, fora(architecture(pipe, family), STEPS, 2)):
+        changed = generate(pipe, family, prompts, seeds)
+    assert not np.array_equal(changed, stock)  # caching really changed the computation
+    assert np.array_equal(generate(pipe, family, prompts, seeds), stock)  # and removal undid it
+    assert pipe.transformer._diffusers_hook.hooks == {}
+
+
+def test_reuse_skips_the_module_and_passes_on_the_last_computed_output(family_pipe: tuple[str, Any]) -> None:
+    family, pipe = family_pipe
+    schedule = random_schedule(pipe, family, seed=1)
+    schedule.mask[:, 0, 0] = torch.tensor([True, False, False, True, False, True])
+    component = schedule.block_groups()[0][0].components[0]
+    module = schedule.adapter.blocks(pipe.transformer)[0].get_submodule(component.module_path)
+    # The attention's first projection runs only when the attention really computes.
+    inner = next(child for child in module.modules() if isinstance(child, torch.nn.Linear))
+    returned: list[Any] = []
+    computed_at: list[int] = []
+    with CacheEngine(pipe, schedule):
+        handles = [
+            inner.register_forward_hook(lambda *_: computed_at.append(len(returned))),
+            module.register_forward_hook(lambda _m, _a, output: returned.append(output)),
+        ]
+        generate(pipe, family, PROMPTS[:1], [0])
+        for handle in handles:
+            handle.remove()
+
+    column = schedule.effective_mask()[:, 0, 0].tolist()
+    assert computed_at == [step for step, computes in enumerate(column) if computes]
+    assert len(returned) == STEPS
+    last = 0
+    for step, computes in enumerate(column):
+        if computes:
+            last = step
+        assert returned[step] is returned[last], f"step {step} did not pass on step {last}'s output"
+
+
+def test_two_calls_in_a_row_match_each_call_alone(family_pipe: tuple[str, Any]) -> None:
+    family, pipe = family_pipe
+    schedule = random_schedule(pipe, family, seed=2)
+    with CacheEngine(pipe, schedule):
+        alone = generate(pipe, family, PROMPTS[1:], [5])
+    with CacheEngine(pipe, schedule):
+        generate(pipe, family, PROMPTS[:1], [4])
+        second = generate(pipe, family, PROMPTS[1:], [5])
+    assert np.array_equal(second, alone)
+
+
+def test_batch_invariance(family_pipe: tuple[str, Any]) -> None:
+    family, pipe = family_pipe
+    schedule = random_schedule(pipe, family, seed=3)
+    with CacheEngine(pipe, schedule):
+        alone = generate(pipe, family, PROMPTS[:1], [11])
+        batched = generate(pipe, family, PROMPTS, [11, 12])
+    # Batched BLAS kernels differ from single-row ones in the last bits even without caching.
+    np.testing.assert_allclose(batched[0], alone[0], atol=2e-5)
+
+
+def test_two_pipelines_do_not_interfere() -> None:
+    pipe_a, pipe_b = build_pipeline("pixart_alpha", seed=0), build_pipeline("pixart_alpha", seed=1)
+    schedule_a = random_schedule(pipe_a, "pixart_alpha", seed=4)
+    schedule_b = fora(architecture(pipe_b, "pixart_alpha"), STEPS, 3)
+    with CacheEngine(pipe_a, schedule_a):
+        alone_a = generate(pipe_a, "pixart_alpha", PROMPTS[:1], [1])
+    with CacheEngine(pipe_b, schedule_b):
+        alone_b = generate(pipe_b, "pixart_alpha", PROMPTS[1:], [2])
+    with CacheEngine(pipe_a, schedule_a), CacheEngine(pipe_b, schedule_b):
+        # Interleave the two denoising loops step by step through the step callbacks.
+        outputs = {}
+        steps_b: list[int] = []
+
+        # PixArt pipelines take the legacy `callback(step, timestep, latents)`.
+        def step_b(step: int, _timestep: Any, _latents: torch.Tensor) -> None:
+            steps_b.append(step)
+
+        def step_a(step: int, _timestep: Any, _latents: torch.Tensor) -> None:
+            if step == 2:
+                outputs["b"] = pipe_b(
+                    prompt=PROMPTS[1],
+                    generator=torch.Generator().manual_seed(2),
+                    num_inference_steps=STEPS,
+                    height=64,
+                    width=64,
+                    output_type="np",
+                    use_resolution_binning=False,
+                    clean_caption=False,
+                    callback=step_b,
+                ).images
+
+        outputs["a"] = pipe_a(
+            prompt=PROMPTS[0],
+            generator=torch.Generator().manual_seed(1),
+            num_inference_steps=STEPS,
+            height=64,
+            width=64,
+            output_type="np",
+            use_resolution_binning=False,
+            clean_caption=False,
+            callback=step_a,
+        ).images
+    assert steps_b == list(range(STEPS))
+    assert np.array_equal(outputs["a"], alone_a)
+    assert np.array_equal(outputs["b"], alone_b)
+
+
+def test_slots_exist_only_for_reused_components_and_are_freed() -> None:
+    pipe = build_pipeline("pixart_alpha")
+    schedule = random_schedule(pipe, "pixart_alpha", seed=5)
+    plan = build_plan(schedule)
+    engine = CacheEngine(pipe, schedule)
+    hooks = []
+    with engine:
+        for block in schedule.adapter.blocks(pipe.transformer):
+            for path in ("attn1", "attn2", "ff"):
+                hooks.append(block.get_submodule(path)._diffusers_hook.get_hook("ecad_component_cache"))
+        live_per_step: list[int] = []
+
+        def count_live(_step: int, _timestep: Any, _latents: torch.Tensor) -> None:
+            live_per_step.append(sum(len(hook.slots) for hook in hooks))
+
+        pipe(
+            prompt=PROMPTS[0],
+            num_inference_steps=STEPS,
+            height=64,
+            width=64,
+            output_type="np",
+            use_resolution_binning=False,
+            clean_caption=False,
+            callback=count_live,
+        )
+        stats = engine.last_call_stats()
+    expected_live = ((plan == Action.COMPUTE_STORE) | (plan == Action.REUSE)).sum(dim=(1, 2)).tolist()
+    assert live_per_step == expected_live
+    assert live_per_step[-1] == 0  # nothing is held after the call
+    never_reused = schedule.effective_mask().all(dim=0).flatten().tolist()
+    assert all(not hook.slots for hook, always in zip(hooks, never_reused, strict=True) if always)
+    effective = schedule.effective_mask()
+    assert stats.computed == int(effective.sum()) and stats.reused == int((~effective).sum())
+
+
+def test_flux_dead_work_is_skipped_without_changing_the_output() -> None:
+    pipe = build_pipeline("flux")
+    arch = architecture(pipe, "flux")
+    mask = torch.ones(STEPS, arch.num_blocks, 3, dtype=torch.bool)
+    mask[2:5, 2:, 2] = False  # single blocks reuse proj_out at steps 2-4 …
+    mask[3, 2:, 0] = False  # … while attention is set to recompute at 2 and 4, reuse at 3
+    schedule = Schedule(mask, arch, name="dead_work")
+    plan = build_plan(schedule)
+    assert (plan[2:5, 2:, :2] == Action.SKIP).all()
+
+    with CacheEngine(pipe, schedule, EngineOptions(skip_dead_work=False)) as engine:
+        reference = generate(pipe, "flux", PROMPTS[:1], [3])
+        reference_stats = engine.last_call_stats()
+    with CacheEngine(pipe, schedule) as engine:
+        skipped = generate(pipe, "flux", PROMPTS[:1], [3])
+        stats = engine.last_call_stats()
+    assert np.array_equal(skipped, reference)
+    assert reference_stats.skipped == 0
+    assert stats.skipped == 3 * 4 * 2 and stats.computed == reference_stats.computed - 5 * 4
+
+
+def test_true_cfg_passes_keep_their_own_cache() -> None:
+    """FLUX with true CFG calls the transformer twice per step; each pass must reuse its own values."""
+    pipe = build_pipeline("flux")
+    arch = architecture(pipe, "flux")
+    schedule = fora(arch, STEPS, 2)
+    transformer = pipe.transformer
+    generator = torch.Generator().manual_seed(0)
+    inputs = [
+        {
+            "hidden_states": torch.randn(1, 16, 16, generator=generator),
+            "encoder_hidden_states": torch.randn(1, 8, 32, generator=generator),
+            "pooled_projections": torch.randn(1, 32, generator=generator),
+            "txt_ids": torch.zeros(8, 3),
+            "img_ids": torch.zeros(16, 3),
+            "guidance": torch.tensor([3.5]),
+        }
+        for _ in range(2)
+    ]
+    timesteps = [torch.tensor([1.0 - 0.1 * step]) for step in range(STEPS)]
+
+    def run(passes: list[dict[str, Any]]) -> list[torch.Tensor]:
+        outputs = []
+        with CacheEngine(transformer, schedule), torch.no_grad():
+            for timestep in timesteps:
+                for kwargs in passes:
+                    outputs.append(transformer(timestep=timestep, return_dict=False, **kwargs)[0])
+        return outputs
+
+    alone = run(inputs[:1])
+    together = run(inputs)
+    for step in range(STEPS):
+        assert torch.equal(together[2 * step], alone[step])
+
+
+def test_misuse_is_reported() -> None:
+    pipe = build_pipeline("pixart_alpha")
+    arch = architecture(pipe, "pixart_alpha")
+    with CacheEngine(pipe, no_cache(arch, 4)), pytest.raises(ValueError, match="num_inference_steps=4"):
+        generate(pipe, "pixart_alpha", PROMPTS[:1], [0], steps=6)
+    with (
+        CacheEngine(pipe, no_cache(arch, 4)),
+        pytest.raises(RuntimeError, match="already runs under a cache"),
+    ):
+        CacheEngine(pipe, no_cache(arch, 4)).apply()
+    flux_arch = architecture(build_pipeline("flux"), "flux")
+    with pytest.raises(TypeError, match="PixArtTransformer2DModel is not a flux transformer"):
+        CacheEngine(pipe, no_cache(flux_arch, 4))
+    bigger = arch.__class__(arch.family, (28,), arch.hidden_size, arch.dims)
+    with pytest.raises(ValueError, match=r"is for \(28,\) blocks, the model has \(2,\)"):
+        CacheEngine(pipe, no_cache(bigger, 4))
+
+
+def test_compiled_components_do_not_recompile_per_step() -> None:
+    pipe = build_pipeline("pixart_alpha")
+    torch._dynamo.reset()
+    counters.clear()
+    options = EngineOptions(compile_components=True, compile_options=(("backend", "eager"),))
+    schedule = random_schedule(pipe, "pixart_alpha", seed=6, steps=8)
+    with CacheEngine(pipe, schedule):
+        eager = generate(pipe, "pixart_alpha", PROMPTS[:1], [0], steps=8)
+    with CacheEngine(pipe, schedule, options):
+        compiled = generate(pipe, "pixart_alpha", PROMPTS[:1], [0], steps=8)
+    # One graph per component kind (attn1, attn2, ff), shared by every block and step.
+    first = Counter(counters["stats"])
+    assert first["unique_graphs"] == 3
+    with CacheEngine(pipe, random_schedule(pipe, "pixart_alpha", seed=7, steps=8), options):
+        generate(pipe, "pixart_alpha", PROMPTS[:1], [0], steps=8)
+    assert Counter(counters["stats"])["unique_graphs"] == 3
+    assert not counters["recompiles"]
+    np.testing.assert_allclose(compiled, eager, atol=1e-6)
