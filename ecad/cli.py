@@ -148,3 +148,49 @@ def search(
         raise typer.Exit(130) from None
     typer.echo((outcome.registry / "summary.md").read_text())
     typer.echo(f"registry written to {outcome.registry}")
+
+
+@app.command("eval")
+def evaluate(
+    registry: Annotated[Path, typer.Option(help="registry folder, e.g. schedules/<model>")],
+    prompts: Annotated[str, typer.Option(help="held-out prompt file or built-in set")] = "partiprompts",
+    model: Annotated[str | None, typer.Option(help="model id in --models-config [the registry's]")] = None,
+    models_config: Annotated[Path, typer.Option(help="file with the `models:` list")] = Path("config.yaml"),
+    metric: Annotated[list[str] | None, typer.Option(help="metric (repeatable) [fidelity, psnr]")] = None,
+    prompt_limit: Annotated[int | None, typer.Option(help="use only the first N prompts")] = 16,
+    images_per_prompt: Annotated[int, typer.Option(help="seeds 0..K-1 per prompt")] = 1,
+    resolution: Annotated[int | None, typer.Option(help="square side; may differ from the search's")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per pipeline call")] = 8,
+    threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    out: Annotated[Path | None, typer.Option(help="report folder [the registry folder]")] = None,
+) -> None:
+    """Re-score every front schedule on held-out prompts, beside no-cache, FORA N=2..5 and fewer steps."""
+    import json as json_module
+
+    from ecad.config import ConfigError
+    from ecad.registry import FRONT_FILE
+    from ecad.search.config import SearchConfig, find_model
+    from ecad.search.prompts import read_prompts
+    from ecad.search.report import eval_setup, evaluate_registry, write_report
+
+    try:
+        model_id = model or json_module.loads((registry / FRONT_FILE).read_text())["model_id"]
+        entry = find_model(SearchConfig(model=model_id, models_config=models_config))
+        metrics = metric or ["fidelity", "psnr"]
+        setup = eval_setup(
+            entry,
+            read_prompts(prompts, prompt_limit),
+            images_per_prompt,
+            resolution,
+            metrics,
+            None,
+            batch_size,
+            threads,
+        )
+        report = evaluate_registry(registry, setup, metrics)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    markdown, data = write_report(report, out or registry)
+    typer.echo(markdown.read_text())
+    typer.echo(f"report written to {markdown} and {data}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from ecad.cache import Action, build_plan
 from ecad.costs import schedule_cost
 from ecad.models import get_adapter
 from ecad.schedule import fora, load_schedule, no_cache
-from tests.helpers import PUBLISHED
+from tests.helpers import ECAD, PUBLISHED
 
 PAPER = PUBLISHED / "schedules_in_paper"
 
@@ -83,9 +82,7 @@ def test_dead_work_and_liveness() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=120, check=False
-    )
+    return subprocess.run([ECAD, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_schedule_info_cli_json() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ecad.config import ConfigError, ModelConfig, format_validation_error, read_yaml
 from ecad.registry import TierRule
@@ -57,13 +57,14 @@ class SearchConfig(BaseModel):
     dask: str | None = Field(default=None, description="scheduler address, or local:N for a local cluster")
     tier_rule: TierRule = Field(default_factory=TierRule)
 
-    @model_validator(mode="after")
-    def _dask_address(self) -> SearchConfig:
-        if self.dask is not None and self.dask.startswith("local:"):
-            count = self.dask.removeprefix("local:")
+    @field_validator("dask")
+    @classmethod
+    def _dask_address(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("local:"):
+            count = value.removeprefix("local:")
             if not count.isdigit() or int(count) < 1:
-                raise ValueError(f"dask: 'local:N' needs a positive worker count, got {self.dask!r}")
-        return self
+                raise ValueError(f"'local:N' needs a positive worker count, got {value!r}")
+        return value
 
     def registry_dir(self) -> Path:
         return self.out if self.out is not None else Path("schedules") / self.model

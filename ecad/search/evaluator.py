@@ -80,10 +80,13 @@ class CandidateEvaluator:
         self.encoded = EncodedPrompts.encode(self.pipe, setup.model.family, setup.prompts, setup.text_tokens)
         self.metric = get_metric(setup.metric, **dict(setup.metric_options))
         self.jobs = [(prompt, seed) for seed in setup.seeds for prompt in range(len(setup.prompts))]
+        self.job_prompts = [setup.prompts[prompt] for prompt, _ in self.jobs]
         self.references = self.generate(None)[0] if self.metric.needs_references else None
 
-    def generate(self, schedule: Schedule | None) -> tuple[list[Image.Image], float]:
-        """All calibration images under `schedule` (None: stock pipeline) and the ms per image."""
+    def generate(
+        self, schedule: Schedule | None, steps: int | None = None
+    ) -> tuple[list[Image.Image], float]:
+        """Every job's image under `schedule` (None: the stock pipeline, maybe at other `steps`), ms/image."""
         setup, images = self.setup, []
         start = time.perf_counter()
         with CacheEngine(self.pipe, schedule) if schedule is not None else nullcontext():
@@ -94,7 +97,7 @@ class CandidateEvaluator:
                     self.encoded,
                     [prompt for prompt, _ in chunk],
                     [seed for _, seed in chunk],
-                    setup.steps,
+                    steps or setup.steps,
                     setup.guidance,
                     setup.height,
                     setup.width,
@@ -103,8 +106,7 @@ class CandidateEvaluator:
 
     def evaluate(self, schedule: Schedule) -> Evaluation:
         images, latency = self.generate(schedule)
-        prompts = [self.setup.prompts[prompt] for prompt, _ in self.jobs]
-        quality = min(summary_score(self.metric, images, prompts, self.references), QUALITY_CEILING)
+        quality = min(summary_score(self.metric, images, self.job_prompts, self.references), QUALITY_CEILING)
         if math.isnan(quality):
             raise ValueError(f"metric {self.setup.metric} gave NaN for schedule {schedule.name}")
         return Evaluation(

@@ -1,0 +1,85 @@
+"""Metrics selected by name, as config files and command lines do: `get_metric("clip", model_dir=...)`.
+
+Built-in factories import their module only when called, so listing or validating metric names does not
+load transformers or any weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ecad.metrics.base import Metric
+
+MetricFactory = Callable[..., "Metric"]
+
+
+def _image_reward(**options: Any) -> Metric:
+    from ecad.metrics.image_reward import ImageRewardConfig, ImageRewardMetric
+
+    return ImageRewardMetric(ImageRewardConfig(**options))
+
+
+def _clip(**options: Any) -> Metric:
+    from ecad.metrics.clip import ClipConfig, ClipScoreMetric
+
+    return ClipScoreMetric(ClipConfig(**options))
+
+
+def _psnr(**options: Any) -> Metric:
+    from ecad.metrics.fidelity import PsnrMetric
+
+    if options:
+        raise TypeError(f"psnr takes no options, got {sorted(options)}")
+    return PsnrMetric()
+
+
+def _ssim(**options: Any) -> Metric:
+    from ecad.metrics.fidelity import SsimConfig, SsimMetric
+
+    return SsimMetric(SsimConfig(**options))
+
+
+def _fid(**options: Any) -> Metric:
+    from ecad.metrics.fid import FidConfig, FidMetric
+
+    return FidMetric(FidConfig(**options))
+
+
+_FACTORIES: dict[str, MetricFactory] = {
+    "image_reward": _image_reward,
+    "clip": _clip,
+    "psnr": _psnr,
+    "ssim": _ssim,
+    "fid": _fid,
+}
+
+
+def register_metric(name: str, factory: MetricFactory, *, replace: bool = False) -> None:
+    """Make `get_metric(name, **options)` call `factory(**options)`; a taken name needs replace=True."""
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"metric name {name!r} must be letters, digits and underscores")
+    if name in _FACTORIES and not replace:
+        raise ValueError(f"metric {name!r} is already registered")
+    _FACTORIES[name] = factory
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a metric name (a plugin being unloaded); unknown names are an error."""
+    if name not in _FACTORIES:
+        raise KeyError(f"unknown metric {name!r}")
+    del _FACTORIES[name]
+
+
+def available_metrics() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_metric(name: str, **options: Any) -> Metric:
+    """Build the metric `name` with its config options (e.g. weights_dir, device, batch_size)."""
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; available: {', '.join(available_metrics())}") from None
+    return factory(**options)

@@ -1,0 +1,184 @@
+"""`ecad search` on a tiny real pipeline: the loop, kill-and-resume, Dask, outputs and bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecad.config import ConfigError
+from ecad.models import get_adapter
+from ecad.registry import FRONT_FILE
+from ecad.schedule import load_schedule
+from ecad.search import load_search_config
+from ecad.search.archive import ArchivedCandidate
+from ecad.search.front import pareto_front
+from ecad.search.prompts import read_prompts
+from ecad.search.runner import heuristic_seeds
+from tests.helpers import ECAD
+
+MODELS = """
+models:
+  - id: tiny
+    family: pixart_alpha
+    source: "random:tiny"
+    steps: 6
+    default_size: 64x64
+"""
+SEARCH = [
+    "--model", "tiny", "--prompts", "drawbench-200", "--prompt-limit", "3", "--images-per-prompt", "1",
+    "--population", "8", "--generations", "3", "--metric", "ssim", "--threads", "1", "--no-progress",
+]  # fmt: skip
+
+
+def search_command(root: Path, name: str, *extra: str) -> list[str]:
+    return [
+        ECAD, "search", *SEARCH, "--models-config", str(root / "config.yaml"),
+        "--state", str(root / f"state-{name}"), "--out", str(root / f"registry-{name}"), *extra,
+    ]  # fmt: skip
+
+
+def front_of(registry: Path) -> tuple[list[tuple], dict]:
+    front = json.loads((registry / FRONT_FILE).read_text())
+    points = [(p["digest"], p["quality_value"], p["tmacs"]) for p in front["points"]]
+    return points, front["tiers"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("search")
+    (path / "config.yaml").write_text(MODELS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(root: Path) -> Path:
+    result = subprocess.run(
+        search_command(root, "plain"), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return root / "registry-plain"
+
+
+def test_search_writes_a_registry_the_server_can_load(uninterrupted: Path) -> None:
+    front = json.loads((uninterrupted / FRONT_FILE).read_text())
+    assert front["model_id"] == "tiny" and front["family"] == "pixart_alpha" and front["steps"] == 6
+    assert front["reference"] == {"quality_metric": "ssim", "no_cache_value": 1.0}
+    assert front["points"], "an empty front"
+    tmacs = [p["tmacs"] for p in front["points"]]
+    qualities = [p["quality_value"] for p in front["points"]]
+    assert tmacs == sorted(tmacs, reverse=True)
+    assert qualities == sorted(qualities, reverse=True)  # a Pareto front: cheaper is never better
+    for point in front["points"]:
+        schedule = load_schedule(uninterrupted / point["file"])
+        assert schedule.digest() == point["digest"]
+        assert schedule.metadata.quality_metric == "ssim" and schedule.metadata.resolution == (64, 64)
+        assert not schedule.is_no_cache
+    assert (uninterrupted / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (uninterrupted / "summary.md").read_text()
+    assert "| baseline `fora_every_3` |" in summary and "| baseline `no_cache` | exact | 1 |" in summary
+
+
+def test_kill_mid_generation_then_resume_gives_the_same_front(root: Path, uninterrupted: Path) -> None:
+    state = root / "state-killed"
+    process = subprocess.Popen(
+        search_command(root, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    archive = state / "archive.sqlite"
+    deadline = time.monotonic() + 300
+    evaluated = 0
+    while evaluated < 9:  # generation 0 evaluates 8 candidates; the 9th is inside generation 1
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        assert time.monotonic() < deadline, "the search made no progress"
+        if archive.exists():
+            with sqlite3.connect(archive) as connection:
+                evaluated = connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (root / "registry-killed" / FRONT_FILE).exists()
+
+    again = subprocess.run(
+        search_command(root, "killed"), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert again.returncode == 2
+    assert "holds an earlier search; pass --resume" in again.stderr
+
+    resumed = subprocess.run(
+        search_command(root, "killed", "--resume"), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert front_of(root / "registry-killed") == front_of(uninterrupted)
+
+
+def test_dask_local_cluster_gives_the_same_front(root: Path, uninterrupted: Path) -> None:
+    result = subprocess.run(
+        search_command(root, "dask", "--dask", "local:2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert front_of(root / "registry-dask") == front_of(uninterrupted)
+
+
+def test_resume_with_other_settings_is_refused(root: Path, uninterrupted: Path) -> None:
+    result = subprocess.run(
+        [*search_command(root, "plain", "--resume"), "--images-per-prompt", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "was made with other settings (images_per_prompt)" in result.stderr
+
+
+def test_bad_settings_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text("model: tiny\npopulation: 2\ncost: seconds\n")
+    with pytest.raises(ConfigError) as caught:
+        load_search_config(path, {})
+    assert str(caught.value).splitlines()[1:] == [
+        "population: Input should be greater than or equal to 4",
+        "cost: Input should be 'macs' or 'latency'",
+    ]
+    with pytest.raises(
+        ConfigError, match=r"\ndask: Value error, 'local:N' needs a positive worker count, got 'local:x'$"
+    ):
+        load_search_config(None, {"model": "tiny", "dask": "local:x"})
+
+
+def test_heuristic_seeds_cover_the_paper_families() -> None:
+    names = [s.name for s in heuristic_seeds(get_adapter("pixart_alpha").reference, 20)]
+    assert names[0] == "no_cache"
+    for expected in ("fora_every_2", "fora_every_20", "fora_attention_every_5", "tgate_m_10_sp_1_warmup_2",
+                     "evenly_attn2_blocks_28_steps_10"):  # fmt: skip
+        assert expected in names
+    flux = [s.name for s in heuristic_seeds(get_adapter("flux").reference, 20)]
+    assert not any(name.startswith("tgate") for name in flux)  # FLUX has no cross-attention
+    assert len(set(names)) == len(names)
+
+
+def test_pareto_front_keeps_only_non_dominated() -> None:
+    bits = np.zeros(3, dtype=bool)
+    points = [ArchivedCandidate(str(i), bits, quality, tmacs, None, 0) for i, (quality, tmacs) in
+              enumerate([(0.9, 3.0), (0.8, 2.0), (0.7, 2.5), (0.95, 5.0), (0.6, 1.0)])]  # fmt: skip
+    assert [c.digest for c in pareto_front(points, higher_is_better=True)] == ["4", "1", "0", "3"]
+
+
+def test_prompt_files(tmp_path: Path) -> None:
+    assert len(read_prompts("imagereward-100")) == 100
+    assert read_prompts("partiprompts", limit=2) == ["bond", "element"]
+    (tmp_path / "p.json").write_text(json.dumps([{"prompt": "a cat"}, "a dog", " "]))
+    assert read_prompts(tmp_path / "p.json") == ["a cat", "a dog"]
+    with pytest.raises(FileNotFoundError, match=r"prompt file .*missing\.txt does not exist"):
+        read_prompts(tmp_path / "missing.txt")
