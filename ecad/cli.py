@@ -173,6 +173,9 @@ def evaluate(
     from ecad.search.prompts import read_prompts
     from ecad.search.report import eval_setup, evaluate_registry, write_report
 
+    if not (registry / FRONT_FILE).is_file():
+        typer.echo(f"error: {registry}: not a registry folder (no {FRONT_FILE})", err=True)
+        raise typer.Exit(2)
     try:
         model_id = model or json_module.loads((registry / FRONT_FILE).read_text())["model_id"]
         entry = find_model(SearchConfig(model=model_id, models_config=models_config))

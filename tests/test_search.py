@@ -182,3 +182,67 @@ def test_prompt_files(tmp_path: Path) -> None:
     assert read_prompts(tmp_path / "p.json") == ["a cat", "a dog"]
     with pytest.raises(FileNotFoundError, match=r"prompt file .*missing\.txt does not exist"):
         read_prompts(tmp_path / "missing.txt")
+
+
+def test_eval_rescores_the_front_with_baselines(root: Path, uninterrupted: Path) -> None:
+    out = root / "eval"
+    result = subprocess.run(
+        [
+            ECAD,
+            "eval",
+            "--registry",
+            str(uninterrupted),
+            "--models-config",
+            str(root / "config.yaml"),
+            "--prompts",
+            "partiprompts",
+            "--prompt-limit",
+            "2",
+            "--metric",
+            "ssim",
+            "--metric",
+            "psnr",
+            "--resolution",
+            "96",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "eval.json").read_text())
+    assert report["resolution"] == [96, 96]
+    assert report["metrics"] == ["ssim", "psnr"]
+    kinds = [row["kind"] for row in report["rows"]]
+    front = json.loads((uninterrupted / FRONT_FILE).read_text())["points"]
+    assert kinds.count("front") == len(front)
+    assert kinds.count("fora") == 4
+    assert kinds[0] == "no_cache"
+    assert "fewer_steps" in kinds
+    exact = report["rows"][0]
+    assert exact["scores"] == {"ssim": 1.0, "psnr": None}  # identical to itself: PSNR is infinite
+    for row in report["rows"][1:]:
+        assert row["scores"]["psnr"] is not None
+        assert row["scores"]["ssim"] < 1.0 or row["kind"] == "front"
+        assert row["latency_ms"] > 0
+    assert (
+        "| schedule | kind | tier | steps | TMACs | MAC ratio | ms/img | speed-up | ssim | psnr | Δ FORA |"
+        in ((out / "eval.md").read_text())
+    )
+
+
+def test_eval_of_a_missing_registry_is_a_clear_error(root: Path) -> None:
+    result = subprocess.run(
+        [ECAD, "eval", "--registry", str(root / "nowhere"), "--models-config", str(root / "config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {root / 'nowhere'}: not a registry folder (no front.json)"

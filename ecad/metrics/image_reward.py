@@ -97,6 +97,11 @@ class ImageRewardConfig:
     batch_size: int = 8
     vision: VisionArchitecture = field(default_factory=VisionArchitecture)
 
+    def __post_init__(self) -> None:
+        # Config files and command lines give the architecture as a plain mapping.
+        if isinstance(self.vision, Mapping):
+            self.vision = VisionArchitecture(**self.vision)
+
 
 def text_config_from_med(med: Mapping[str, object], encoder_width: int) -> BlipTextConfig:
     """BLIP's med_config.json (a BertConfig) as the BlipTextConfig of the same network."""

@@ -24,6 +24,7 @@ class Role(StrEnum):
         return self in (Role.SELF_ATTENTION, Role.CROSS_ATTENTION, Role.JOINT_ATTENTION)
 
 
+StepCallback = Callable[[int, torch.Tensor], None]
 Placeholder = Callable[[torch.nn.Module, tuple[Any, ...], dict[str, Any]], torch.Tensor]
 
 
@@ -117,6 +118,7 @@ class ModelAdapter(Protocol):
     default_text_tokens: int
     pipeline_class: str
     transformer_class: str
+    supports_negative_prompt: bool
     reference: Architecture
 
     def architecture(self, config: dict[str, Any]) -> Architecture: ...
@@ -136,3 +138,13 @@ class ModelAdapter(Protocol):
     def encode_prompts(
         self, pipe: Any, prompts: list[str], text_tokens: int | None = None, negative_prompt: str = ""
     ) -> dict[str, torch.Tensor]: ...
+
+    def step_callback_kwargs(self, on_step: StepCallback) -> dict[str, Any]:
+        """Pipeline arguments that call `on_step(step, latents)` after every denoising step."""
+        ...
+
+    def decode_latents(self, pipe: Any, latents: torch.Tensor, height: int, width: int) -> list[Any]:
+        """Intermediate latents as PIL images (what the run would give if it stopped there)."""
+        ...
+
+    def prompt_tokens(self, pipe: Any, prompt: str) -> int: ...

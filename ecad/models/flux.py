@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ecad.models.base import Architecture, BlockGroup, Component, Role, Workload
+from ecad.models.base import Architecture, BlockGroup, Component, Role, StepCallback, Workload
 
 _MLP_RATIO = 4
 _TIMESTEP_FREQ_DIM = 256
@@ -124,8 +124,29 @@ class FluxAdapter:
         context = t * arch.dims["joint_attention_dim"] * d
         return b * (adaln + embedders + patch_io + context)
 
+    # Guidance-distilled: no CFG pass, so a negative prompt would have no effect.
+    supports_negative_prompt: bool = False
+
     def call_kwargs(self, with_embeds: bool = False) -> dict[str, Any]:
-        return {}
+        return {} if with_embeds else {"max_sequence_length": self.default_text_tokens}
+
+    def step_callback_kwargs(self, on_step: StepCallback) -> dict[str, Any]:
+        def on_step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            on_step(step, tensors["latents"])
+            return {}
+
+        return {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
+
+    def decode_latents(self, pipe: Any, latents: torch.Tensor, height: int, width: int) -> list[Any]:
+        vae = pipe.vae
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")
+
+    def prompt_tokens(self, pipe: Any, prompt: str) -> int:
+        """T5 tokens the encoder reads (the pooled CLIP vector reads at most 77)."""
+        return len(pipe.tokenizer_2(prompt, truncation=True, max_length=self.default_text_tokens).input_ids)
 
     def encode_prompts(
         self, pipe: Any, prompts: list[str], text_tokens: int | None = None, negative_prompt: str = ""

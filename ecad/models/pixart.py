@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ecad.models.base import Architecture, BlockGroup, Component, Role, Workload
+from ecad.models.base import Architecture, BlockGroup, Component, Role, StepCallback, Workload
 
 BLOCKS = BlockGroup(
     name="transformer",
@@ -85,15 +85,33 @@ class PixArtAdapter:
         patch_io = n * d * patch_area * (arch.dims["in_channels"] + arch.dims["out_channels"])
         return b * (caption + timestep + patch_io)
 
+    supports_negative_prompt: bool = True
+
     def call_kwargs(self, with_embeds: bool = False) -> dict[str, Any]:
-        """Arguments every call needs: no aspect-ratio snapping, no caption cleaning (needs bs4/ftfy).
+        """Arguments every call needs: no aspect-ratio snapping (it would change the requested size),
+        no caption cleaning (needs bs4/ftfy), the family's text length.
 
         With pre-encoded prompts the default negative prompt "" must be cleared, or the pipeline refuses.
         """
         kwargs: dict[str, Any] = {"use_resolution_binning": False, "clean_caption": False}
         if with_embeds:
             kwargs["negative_prompt"] = None
+        else:
+            kwargs["max_sequence_length"] = self.default_text_tokens
         return kwargs
+
+    def step_callback_kwargs(self, on_step: StepCallback) -> dict[str, Any]:
+        """PixArt pipelines only take the legacy `callback`; raising from it is the only way to stop."""
+        return {"callback": lambda step, _timestep, latents: on_step(step, latents), "callback_steps": 1}
+
+    def decode_latents(self, pipe: Any, latents: torch.Tensor, height: int, width: int) -> list[Any]:
+        vae = pipe.vae
+        image = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")
+
+    def prompt_tokens(self, pipe: Any, prompt: str) -> int:
+        """T5 tokens the encoder reads: longer prompts are truncated by the pipeline."""
+        return len(pipe.tokenizer(prompt, truncation=True, max_length=self.default_text_tokens).input_ids)
 
     def encode_prompts(
         self, pipe: Any, prompts: list[str], text_tokens: int | None = None, negative_prompt: str = ""

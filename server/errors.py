@@ -1,0 +1,110 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with the matching status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+INVALID_REQUEST = "invalid_request_error"
+SERVER_ERROR = "server_error"
+RATE_LIMIT = "rate_limit_error"
+# The SDK gives up on retries when Retry-After exceeds this, so we never advertise more.
+MAX_RETRY_AFTER_S = 120
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self, request_id: str | None = None) -> JSONResponse:
+        headers = dict(self.headers)
+        if request_id:
+            headers["x-request-id"] = request_id
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def invalid(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def from_validation_error(error: ValidationError) -> ApiError:
+    """The first problem of a request body, with `param` naming the field."""
+    problem = error.errors()[0]
+    loc = [str(part) for part in problem["loc"]]
+    param = ".".join(loc) if loc else None
+    if problem["type"] == "missing":
+        return invalid(param, f"Missing required parameter: '{param}'.", code="missing_required_parameter")
+    message = problem["msg"].removeprefix("Value error, ")
+    return invalid(param, f"Invalid value for '{param}': {message}.")
+
+
+def unauthorized() -> ApiError:
+    return ApiError(
+        401,
+        "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
+        code="invalid_api_key",
+    )
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, message, code="not_found")
+
+
+def payload_too_large(limit: int) -> ApiError:
+    return ApiError(413, f"Request body exceeds {limit} bytes.", code="payload_too_large")
+
+
+def rate_limited(retry_after_s: int) -> ApiError:
+    seconds = max(1, min(MAX_RETRY_AFTER_S, retry_after_s))
+    return ApiError(
+        429,
+        "The server is at capacity for this model; retry later.",
+        type=RATE_LIMIT,
+        code="rate_limit_exceeded",
+        headers={"retry-after": str(seconds)},
+    )
+
+
+def deadline_exceeded(deadline_s: float) -> ApiError:
+    return ApiError(
+        504,
+        f"The request did not complete within its {deadline_s:g} s deadline.",
+        type=SERVER_ERROR,
+        code="timeout",
+        headers={"x-should-retry": "false"},
+    )
+
+
+def worker_crashed() -> ApiError:
+    # Not retried by the SDK: the request itself may be what crashed the worker.
+    return ApiError(
+        500,
+        "The inference worker running this request died; the server is restarting it.",
+        type=SERVER_ERROR,
+        code="worker_crashed",
+        headers={"x-should-retry": "false"},
+    )
+
+
+def internal(message: str = "Internal server error.") -> ApiError:
+    return ApiError(500, message, type=SERVER_ERROR)

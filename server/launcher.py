@@ -1,0 +1,94 @@
+"""Start a real `ecad serve` process on a free loopback port and wait until it is ready.
+
+Used by the tests and the benchmarks; not part of serving.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ECAD = Path(sys.executable).parent / "ecad"
+START_TIMEOUT_S = 150
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    api_key: str | None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def ready_workers(self, timeout_s: float = START_TIMEOUT_S) -> list[dict[str, Any]]:
+        """Poll /readyz until it answers 200; the live workers it lists."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}:\n{self.log_text()[-4000:]}"
+                )
+            try:
+                response = httpx.get(f"{self.base_url}/readyz", timeout=2)
+                if response.status_code == 200:
+                    return response.json()["workers"]
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(config: dict[str, Any], folder: Path, api_key: str | None = None) -> RunningServer:
+    """Write `config` (its state folder inside `folder`) and serve it; returns once /readyz is 200."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {**config, "server": {**config.get("server", {}), "state_dir": str(folder / "state")}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    env = {**os.environ, "ECAD_API_KEYS": api_key or ""}
+    log = folder / "server.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(ECAD), "serve", "--config", str(folder / "config.yaml"), "--port", str(port)],
+            cwd=folder,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(process, port, log, api_key)
+    try:
+        server.ready_workers()
+    except BaseException:
+        server.stop()
+        raise
+    return server

@@ -1,0 +1,79 @@
+"""`quality` → tier, the OpenAI-legal echo of a tier, and the load-aware choice behind `auto`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ecad.registry import EXACT
+
+AUTO = "auto"
+QUALITY_TO_TIER: Mapping[str, str] = {
+    "low": "fast",
+    "standard": "fast",
+    "medium": "balanced",
+    "high": "best",
+    "hd": "best",
+    "xhigh": "best",
+    "max": "best",
+    "fast": "fast",
+    "balanced": "balanced",
+    "best": "best",
+    EXACT: EXACT,
+}
+TIER_TO_QUALITY: Mapping[str, str] = {"fast": "low", "balanced": "medium", "best": "high", EXACT: "high"}
+# Mildest first: `auto` walks this list from its idle tier towards faster tiers.
+MILD_TO_FAST = ("best", "balanced", "fast")
+
+
+def known_qualities() -> list[str]:
+    return [*QUALITY_TO_TIER, AUTO]
+
+
+def choose_auto_tier(
+    *,
+    idle_tier: str,
+    objective_ms: float,
+    wait_ms: float,
+    estimate_ms: Mapping[str, float | None],
+) -> str:
+    """The mildest tier, starting at `idle_tier`, whose expected latency (wait + own run) meets the
+    objective; the fastest tier when none does. A tier with no estimate yet counts as meeting it."""
+    candidates = MILD_TO_FAST[MILD_TO_FAST.index(idle_tier) :]
+    for tier in candidates:
+        estimate = estimate_ms.get(tier)
+        if estimate is None or wait_ms + estimate <= objective_ms:
+            return tier
+    return candidates[-1]
+
+
+@dataclass
+class LatencyModel:
+    """Per-process running estimates for one model, from completed requests.
+
+    `exact_ms_per_image` is the generation time of one image at no-cache cost, learned from any tier by
+    scaling with that tier's MACs ratio (no-cache MACs / tier MACs, i.e. its theoretical speed-up);
+    `service_ms` is the mean time a request occupies a worker.
+    """
+
+    alpha: float = 0.2
+    exact_ms_per_image: float | None = None
+    service_ms: float | None = None
+
+    def observe(self, *, generation_ms: float, images: int, macs_ratio: float) -> None:
+        per_image = generation_ms / max(1, images) * macs_ratio
+        self.exact_ms_per_image = self._blend(self.exact_ms_per_image, per_image)
+        self.service_ms = self._blend(self.service_ms, generation_ms)
+
+    def _blend(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.alpha) * old + self.alpha * new
+
+    def estimate_ms(self, macs_ratio: float, images: int) -> float | None:
+        if self.exact_ms_per_image is None:
+            return None
+        return self.exact_ms_per_image / max(macs_ratio, 1e-3) * images
+
+    def wait_ms(self, queued: int, workers: int) -> float:
+        if self.service_ms is None:
+            return 0.0
+        return queued * self.service_ms / max(1, workers)

@@ -1,0 +1,83 @@
+"""bench/gpu.py end to end in its quick CPU mode: every row of the GPU benchmark runs on tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = {
+    "pixart_alpha_64": ("ours_fast", "ours_faster", "ours_fastest"),
+    "flux_64": ("ours_fast", "ours_faster"),
+}
+# The columns issue 7 asks for.
+COLUMNS = (
+    "ms_per_image",
+    "speedup",
+    "mac_ratio",
+    "efficiency",
+    "peak_memory_bytes",
+    "cache_memory_bytes",
+    "cache_bound_bytes",
+)
+CACHE_DIT_PRESETS = ("slow", "medium", "fast", "ultra")
+
+
+def run_quick(out: Path) -> dict[str, Any]:
+    only = [arg for key in SECTIONS for arg in ("--only", key)]
+    command = [
+        sys.executable,
+        "bench/gpu.py",
+        "--out",
+        str(out),
+        "--quick",
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+    ]
+    env = os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "CACHE_DIT_LOG_LEVEL": "warning",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run([*command, *only], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "gpu.json").read_text())
+
+
+def expected_rows(family_schedules: tuple[str, ...], flux: bool) -> set[str]:
+    rows = {"no_cache", "fora_3", "compile:no_cache"}
+    rows |= {f"ecad:{name}" for name in family_schedules} | {f"compile:{name}" for name in family_schedules}
+    rows |= {f"cache-dit:{preset}" for preset in CACHE_DIT_PRESETS}
+    if flux:
+        rows |= {"diffusers:fbc", "diffusers:taylorseer", "diffusers:taylorseer_all"}
+    return rows
+
+
+def test_quick_cpu_run_fills_every_row_and_column(tmp_path: Path) -> None:
+    report = run_quick(tmp_path)
+    markdown = (tmp_path / "gpu.md").read_text()
+    assert report["environment"]["torch"]
+    assert [section["key"] for section in report["sections"]] == list(SECTIONS)
+    for section in report["sections"]:
+        rows = {row["key"]: row for row in section["rows"]}
+        fewer_steps = {key for key in rows if key.startswith("steps:")}
+        assert fewer_steps, section["key"]
+        assert set(rows) - fewer_steps == expected_rows(SECTIONS[section["key"]], section["family"] == "flux")
+        for key, row in rows.items():
+            assert set(COLUMNS) <= set(row), key
+            assert row["label"] in markdown, key
+            if key.startswith("cache-dit:") and row["status"] == "unavailable":
+                continue  # cache-dit is an optional dependency
+            assert row["status"] == "ok", (key, row["note"])
+            assert row["ms_per_image"] > 0 and row["speedup"] > 0, key
+            assert row["mac_ratio"] >= 1.0 and row["efficiency"] is not None, key
+            if key.startswith(("ecad:", "fora_")):
+                assert row["realized_matches_plan"], key
+            if key.startswith(("ecad:", "compile:ours")):
+                assert 0 < row["cache_memory_bytes"] <= row["cache_bound_bytes"], key

@@ -1,0 +1,89 @@
+"""The metric registry: names, options, third-party registration, set vs per-image summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+from PIL import Image
+
+from ecad.metrics import (
+    QualityMetric,
+    SetMetric,
+    available_metrics,
+    get_metric,
+    register_metric,
+    summary_score,
+    unregister_metric,
+)
+
+
+class ImageWidth:
+    """A stand-in for a third-party metric (e.g. an embedded model's own reward classifier)."""
+
+    name = "image_width"
+    higher_is_better = True
+    needs_references = False
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    def score(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        references: Sequence[Image.Image] | None = None,
+    ) -> list[float]:
+        return [self.scale * image.width for image in images]
+
+
+@pytest.fixture
+def registered_width() -> Iterator[None]:
+    register_metric("image_width", ImageWidth)
+    yield
+    unregister_metric("image_width")
+
+
+def test_builtin_names() -> None:
+    assert available_metrics() == ["clip", "fid", "image_reward", "psnr", "ssim"]
+
+
+def test_unknown_name_lists_the_available_ones() -> None:
+    with pytest.raises(KeyError) as error:
+        get_metric("lpips")
+    assert error.value.args[0] == "unknown metric 'lpips'; available: clip, fid, image_reward, psnr, ssim"
+
+
+def test_unknown_option_is_refused() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'windw'"):
+        get_metric("ssim", windw=7)
+    with pytest.raises(TypeError, match=r"^psnr takes no options, got \['data_range'\]$"):
+        get_metric("psnr", data_range=1.0)
+
+
+@pytest.mark.usefixtures("registered_width")
+def test_a_registered_metric_is_built_with_its_options() -> None:
+    assert "image_width" in available_metrics()
+    metric = get_metric("image_width", scale=0.5)
+    assert isinstance(metric, QualityMetric)
+    assert not isinstance(metric, SetMetric)
+    images = [Image.new("RGB", (10, 4)), Image.new("RGB", (30, 4))]
+    assert summary_score(metric, images, ["a", "b"]) == 10.0
+
+
+@pytest.mark.usefixtures("registered_width")
+def test_names_are_not_silently_replaced() -> None:
+    with pytest.raises(ValueError, match=r"^metric 'image_width' is already registered$"):
+        register_metric("image_width", ImageWidth)
+    register_metric("image_width", lambda: ImageWidth(scale=2.0), replace=True)
+    assert get_metric("image_width").score([Image.new("RGB", (3, 3))], ["p"]) == [6.0]
+
+
+def test_bad_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="must be letters, digits and underscores"):
+        register_metric("image-width", ImageWidth)
+
+
+def test_summary_of_an_empty_batch_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"^psnr: no images to score$"):
+        summary_score(get_metric("psnr"), [], [], [])

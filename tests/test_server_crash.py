@@ -1,0 +1,62 @@
+"""A killed inference worker fails its request with a 5xx; LitServe restarts it and serving resumes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from server_harness import server_config
+
+from server.launcher import RunningServer
+
+
+@pytest.fixture(scope="module")
+def server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    return start_server(server_config(), api_key=None)
+
+
+def started_groups(server: RunningServer) -> float:
+    text = httpx.get(f"{server.base_url}/metrics").text
+    match = re.search(r'^ecad_queue_wait_seconds_count\{model="ecad-tiny"\} (\S+)', text, re.M)
+    return float(match[1]) if match else 0.0
+
+
+def test_open_server_warns_and_serves(server: RunningServer) -> None:
+    assert "API is open" in server.log_text()
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0)
+    assert client.images.generate(prompt="open", size="64x64").data[0].b64_json
+
+
+def test_killed_worker_fails_request_then_server_recovers(server: RunningServer) -> None:
+    (worker,) = server.ready_workers()
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=45)
+    before = started_groups(server)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(
+            client.images.generate,
+            prompt="doomed",
+            size="256x256",
+            extra_body={"num_inference_steps": 100, "quality": "exact"},
+        )
+        deadline = time.monotonic() + 30
+        while started_groups(server) <= before:  # the worker has taken the request
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.05)
+        os.kill(worker["pid"], signal.SIGKILL)
+        with pytest.raises(openai.InternalServerError) as caught:
+            pending.result()
+    assert caught.value.status_code == 500
+    assert caught.value.code == "worker_crashed"
+    # Documented aftermath: LitServe starts a new worker; /readyz is 503 until it is ready.
+    (replacement,) = server.ready_workers()
+    assert replacement["pid"] != worker["pid"]
+    assert server.process.poll() is None
+    response = client.images.generate(prompt="after the crash", size="64x64")
+    assert response.data[0].b64_json

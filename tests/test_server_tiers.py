@@ -1,0 +1,45 @@
+"""`quality` mapping and the load-aware choice behind `quality=auto`."""
+
+from __future__ import annotations
+
+from server.tiers import QUALITY_TO_TIER, TIER_TO_QUALITY, LatencyModel, choose_auto_tier
+
+
+def test_openai_names_map_to_tiers_and_echo_legal_values() -> None:
+    assert {q: QUALITY_TO_TIER[q] for q in ("low", "standard", "medium", "high", "hd", "xhigh", "max")} == {
+        "low": "fast",
+        "standard": "fast",
+        "medium": "balanced",
+        "high": "best",
+        "hd": "best",
+        "xhigh": "best",
+        "max": "best",
+    }
+    assert set(TIER_TO_QUALITY.values()) <= {"low", "medium", "high"}
+
+
+def test_auto_prefers_the_idle_tier_and_degrades_under_load() -> None:
+    estimates = {"best": 800.0, "balanced": 500.0, "fast": 300.0}
+
+    def pick(wait: float) -> str:
+        return choose_auto_tier(idle_tier="best", objective_ms=1000, wait_ms=wait, estimate_ms=estimates)
+
+    assert pick(0) == "best"
+    assert pick(400) == "balanced"
+    assert pick(650) == "fast"
+    assert pick(5000) == "fast"
+    assert (
+        choose_auto_tier(idle_tier="balanced", objective_ms=1000, wait_ms=0, estimate_ms=estimates)
+        == "balanced"
+    )
+    cold = {"best": None, "balanced": None, "fast": None}
+    assert choose_auto_tier(idle_tier="best", objective_ms=1, wait_ms=0, estimate_ms=cold) == "best"
+
+
+def test_latency_model_scales_by_macs_ratio() -> None:
+    model = LatencyModel()
+    assert model.estimate_ms(2.0, 1) is None
+    model.observe(generation_ms=500, images=1, macs_ratio=2.0)  # a 2× schedule took 500 ms
+    assert model.estimate_ms(1.0, 1) == 1000
+    assert model.estimate_ms(4.0, 2) == 500
+    assert model.wait_ms(queued=4, workers=2) == 1000
