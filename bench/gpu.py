@@ -93,11 +93,15 @@ FLUX = Family(
 
 # The paper's A6000 speed-ups for the same rows (ecad.md §7); FLUX at 1024² ran the 256²-searched schedule.
 PAPER_SPEEDUPS: dict[tuple[str, int], dict[str, float]] = {
-    ("pixart_alpha", 256): {"ecad:ours_fast": 1.97, "ecad:ours_faster": 2.40, "ecad:ours_fastest": 2.58},
-    ("flux", 256): {"ecad:ours_fast": 2.58, "ecad:ours_faster": 3.37},
-    ("flux", 1024): {"ecad:ours_fast": 2.63},
+    ("pixart_alpha", 256): {
+        "ecad:ours_fast": 1.97,
+        "ecad:ours_faster": 2.40,
+        "ecad:ours_fastest": 2.58,
+        "fora_3": 2.01,
+    },
+    ("flux", 256): {"ecad:ours_fast": 2.58, "ecad:ours_faster": 3.37, "fora_3": 2.44},
+    ("flux", 1024): {"ecad:ours_fast": 2.63, "fora_3": 2.40},
 }
-PAPER_FORA = {("pixart_alpha", 256): 2.01, ("flux", 256): 2.44, ("flux", 1024): 2.40}
 
 
 @dataclass(frozen=True)
@@ -433,19 +437,15 @@ class SlotMeter:
         self._handle.remove()
 
 
-def patched_forwards(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """Modules whose instance `forward` is something other than their class's own forward."""
-    return [
+def restore_forwards(module: torch.nn.Module) -> int:
+    """Drop instance forwards a method left behind, so the next row runs the stock model; a safety net
+    whose count the row reports."""
+    leftovers = [
         sub
         for sub in module.modules()
         if "forward" in sub.__dict__
         and getattr(sub.__dict__["forward"], "__func__", None) is not type(sub).forward
     ]
-
-
-def restore_forwards(module: torch.nn.Module) -> int:
-    """Undo instance forwards a method left behind (cache-dit patches FLUX's single blocks for good)."""
-    leftovers = patched_forwards(module)
     for sub in leftovers:
         del sub.forward
     return len(leftovers)
@@ -943,38 +943,30 @@ def run_method(ctx: Context, method: Method, row: Row) -> None:
             row.add_note(f"left {restored} module forwards patched (restored)")
 
 
-def finish_rows(ctx: Context, methods: dict[str, Method], rows: dict[str, Row]) -> None:
-    """Speed-ups, MAC ratios and notes that need the baselines, once every row has run."""
-    section = ctx.section
-    paper = PAPER_SPEEDUPS.get((section.family.key, section.resolution), {}) if not section.tiny else {}
+def finish_row(ctx: Context, method: Method, row: Row, rows: dict[str, Row]) -> None:
+    """Speed-up, MAC ratio and notes that need a baseline; the baselines run first in their groups."""
+    if row.status != "ok" or row.ms_per_image is None:
+        return
     eager = rows["no_cache"].ms_per_image
-    compiled = rows["compile:no_cache"].ms_per_image if rows["compile:no_cache"].status == "ok" else None
-    for key, row in rows.items():
-        method = methods[key]
-        row.paper_speedup = paper.get(key)
-        if key == "fora_3" and not section.tiny:
-            row.paper_speedup = PAPER_FORA.get((section.family.key, section.resolution))
-        if row.status != "ok" or row.ms_per_image is None:
-            continue
-        base = compiled if method.compiled else eager
-        row.speedup = None if base is None else base / row.ms_per_image
-        row.speedup_vs_eager_no_cache = None if eager is None else eager / row.ms_per_image
-        if row.mac_ratio is None:
-            row.mac_ratio = row.mac_ratio_realized if key != "no_cache" else 1.0
-        if row.speedup is not None and row.mac_ratio:
-            row.efficiency = row.speedup / row.mac_ratio
-        if method.peer is not None and row.peak_memory_bytes is not None and ctx.no_cache_peak is not None:
-            row.cache_memory_bytes = max(0, row.peak_memory_bytes - ctx.no_cache_peak)
-            row.cache_memory_kind = "peak growth over no cache"
-        if method.compiled and row.speedup_vs_eager_no_cache is not None:
-            row.add_note(
-                f"vs eager no cache {row.speedup_vs_eager_no_cache:.2f}×; {row.graphs_compiled} graphs "
-                f"compiled, {row.graphs_compiled_while_timed} while timed"
-            )
-        if row.realized_matches_plan is False:
-            row.add_note("components that ran differ from the schedule's plan")
-        if row.realized_consistent is False:
-            row.add_note("components that ran differ between runs")
+    base = rows["compile:no_cache"].ms_per_image if method.compiled else eager
+    row.speedup = None if base is None else base / row.ms_per_image
+    row.speedup_vs_eager_no_cache = None if eager is None else eager / row.ms_per_image
+    if row.mac_ratio is None:
+        row.mac_ratio = row.mac_ratio_realized if method.key != "no_cache" else 1.0
+    if row.speedup is not None and row.mac_ratio:
+        row.efficiency = row.speedup / row.mac_ratio
+    if method.peer is not None and row.peak_memory_bytes is not None and ctx.no_cache_peak is not None:
+        row.cache_memory_bytes = max(0, row.peak_memory_bytes - ctx.no_cache_peak)
+        row.cache_memory_kind = "peak growth over no cache"
+    if method.compiled and row.speedup_vs_eager_no_cache is not None:
+        row.add_note(
+            f"vs eager no cache {row.speedup_vs_eager_no_cache:.2f}×; {row.graphs_compiled} graphs "
+            f"compiled, {row.graphs_compiled_while_timed} while timed"
+        )
+    if row.realized_matches_plan is False:
+        row.add_note("components that ran differ from the schedule's plan")
+    if row.realized_consistent is False:
+        row.add_note("components that ran differ between runs")
 
 
 def choose_batch(ctx: Context, methods: list[Method], forced: int | None) -> tuple[int, str]:
@@ -1065,7 +1057,11 @@ def measure_section(run: Run, section: Section, report: SectionReport, deadline:
     pipe = build_pipeline(section, device, dtype)
     arch = architecture_of(pipe.transformer, section.family.key)
     methods = plan_methods(section, arch, *load_cache_dit())
-    rows = {m.key: Row(m.key, m.label, m.group, m.steps, m.compiled, note=m.note) for m in methods}
+    paper = {} if section.tiny else PAPER_SPEEDUPS.get((section.family.key, section.resolution), {})
+    rows = {
+        m.key: Row(m.key, m.label, m.group, m.steps, m.compiled, note=m.note, paper_speedup=paper.get(m.key))
+        for m in methods
+    }
     report.rows = sorted(rows.values(), key=lambda row: GROUPS.index(row.group))
     watch = Stopwatch(device)
     ctx = Context(
@@ -1091,6 +1087,7 @@ def measure_section(run: Run, section: Section, report: SectionReport, deadline:
     ordered = sorted(methods, key=lambda m: PRIORITY.index(m.group))
     for index, method in enumerate(ordered):
         run_method(ctx, method, rows[method.key])
+        finish_row(ctx, method, rows[method.key], rows)
         if method.key == "no_cache":
             baseline = rows["no_cache"]
             if baseline.status != "ok" or baseline.ms_per_image is None:
@@ -1099,7 +1096,6 @@ def measure_section(run: Run, section: Section, report: SectionReport, deadline:
             ctx.no_cache_peak = baseline.peak_memory_bytes
             ctx.repeats = report.repeats = plan_repeats(ctx, ordered[index + 1 :])
         run.write()
-    finish_rows(ctx, {m.key: m for m in methods}, rows)
     baseline = rows["no_cache"]
     report.notes.append(
         f"VAE decode: {baseline.decode_ms_per_image:.1f} of {baseline.ms_per_image:.1f} ms/image, no cache"
@@ -1168,6 +1164,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     sections = quick_sections() if args.quick else full_sections()
     if args.only:
+        unknown = set(args.only) - {s.key for s in sections}
+        if unknown:
+            raise SystemExit(
+                f"unknown section(s) {sorted(unknown)}; this mode has {[s.key for s in sections]}"
+            )
         sections = [s for s in sections if s.key in args.only]
     report = Report(environment=environment(device), settings={k: str(v) for k, v in vars(args).items()})
     run = Run(args, device, report)

@@ -45,7 +45,7 @@ def registered_width() -> Iterator[None]:
 
 
 def test_builtin_names() -> None:
-    assert available_metrics() == ["clip", "fid", "image_reward", "psnr", "ssim"]
+    assert available_metrics() == ["clip", "fid", "fidelity", "image_reward", "psnr", "ssim"]
 
 
 def test_unknown_name_lists_the_available_ones() -> None:

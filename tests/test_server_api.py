@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -376,3 +377,43 @@ def test_metrics_hold_latency_histograms(client: openai.OpenAI, server: RunningS
         r'^ecad_requests_total\{model="ecad-tiny",status="200",tier="balanced"\} [1-9]', text, re.M
     )
     assert re.search(r'^ecad_images_generated_total\{.*tier="balanced"\} [1-9]', text, re.M)
+
+
+def metric_value(server: RunningServer, pattern: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics").text
+    match = re.search(rf"^{pattern} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_disconnected_client_stops_the_generation(client: openai.OpenAI, server: RunningServer) -> None:
+    images = r'ecad_images_generated_total\{model="ecad-tiny",schedule="no_cache",tier="exact"\}'
+    cancelled = r'ecad_requests_total\{model="ecad-tiny",status="cancelled",tier="exact"\}'
+    images_before, cancelled_before = metric_value(server, images), metric_value(server, cancelled)
+    body = {
+        "prompt": "a long one",
+        "size": "256x256",
+        "quality": "exact",
+        "stream": True,
+        "partial_images": 1,
+        "num_inference_steps": 100,
+    }
+    with httpx.stream(
+        "POST",
+        f"{server.base_url}/v1/images/generations",
+        json=body,
+        headers={"authorization": f"Bearer {KEY}"},
+        timeout=60,
+    ) as response:
+        # The first partial image arrives halfway: the generation is running. Then hang up.
+        for line in response.iter_lines():
+            if line == "event: image_generation.partial_image":
+                break
+    deadline = time.monotonic() + 60
+    while metric_value(server, cancelled) == cancelled_before:
+        assert time.monotonic() < deadline, "the server never noticed the disconnect"
+        time.sleep(0.05)
+    # Served after the abandoned one: the worker is free again.
+    follow_up = client.images.generate(prompt="next", size="64x64", extra_body={"quality": "exact"})
+    assert len(follow_up.data) == 1
+    # Only the follow-up's image was generated: the abandoned run stopped between denoising steps.
+    assert metric_value(server, images) == images_before + 1

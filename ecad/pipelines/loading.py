@@ -86,7 +86,8 @@ def load_pipeline(config: ModelConfig) -> Any:
                 transformer_class, source, torch_dtype=dtype, **subfolder
             )
         pipe = _from_pretrained(cls, config.source, **kwargs)
-    pipe = pipe.to(config.device, dtype)
+    # `.to(dtype)` on an already-matching pipeline only warns; move what differs.
+    pipe = pipe.to(config.device) if pipe.dtype == dtype else pipe.to(config.device, dtype)
     pipe.set_progress_bar_config(disable=True)
     logger.info(
         "loaded %s (%s) from %s on %s/%s", config.id, config.family, config.source, config.device, dtype

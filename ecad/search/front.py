@@ -149,10 +149,14 @@ def plot_front(
         color="tab:blue",
         label="Pareto front",
     )
+    tiers_at: dict[str, list[str]] = {}
     for tier, file in outcome.tiers.items():
+        tiers_at.setdefault(file, []).append(tier)
+    for file, tiers in tiers_at.items():
         point = next(p for p in points if p.file == file)
+        label = "/".join(sorted(tiers, key=["fast", "balanced", "best"].index))
         axes.annotate(
-            tier, (point.macs_ratio, point.quality_value), textcoords="offset points", xytext=(6, 6)
+            label, (point.macs_ratio, point.quality_value), textcoords="offset points", xytext=(6, 6)
         )
     fora = sorted(
         (b for name, b in outcome.baselines.items() if name.startswith("fora")), key=lambda b: -b.tmacs
@@ -165,6 +169,7 @@ def plot_front(
         label="FORA N=2..5",
     )
     axes.axhline(outcome.no_cache_quality, color="tab:green", linestyle=":", label="no cache")
+    axes.ticklabel_format(axis="y", useOffset=False)
     axes.set_xlabel("MAC ratio (no-cache MACs / schedule MACs)")
     axes.set_ylabel(setup.config.metric)
     axes.set_title(f"{setup.model.id}: quality vs compute")
