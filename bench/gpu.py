@@ -920,7 +920,7 @@ def run_method(ctx: Context, method: Method, row: Row) -> None:
     if method.key != "no_cache" and not fitting:
         row.status = "skipped"
         row.note = (
-            f"time budget: needs ≈{predicted_s(ctx, [method], fewest):.0f} s, {max(left, 0):.0f} s left"
+            f"time budget: needs ≈{predicted_s(ctx, [method], fewest):.1f} s, {max(left, 0):.1f} s left"
         )
         return
     started = time.perf_counter()

@@ -9,12 +9,16 @@ out="${OUT:-/tmp/gpu-bench}"
 mkdir -p "$out"
 wheels=(.whl/diffusers-*.whl .whl/cache_dit-*.whl)
 if ! python3 -c "import requests" 2>/dev/null; then
-    wheels+=(.whl/requests-*.whl .whl/urllib3-*.whl .whl/idna-*.whl .whl/certifi-*.whl .whl/charset_normalizer-*.whl)
+    wheels+=(.whl/requests-*.whl .whl/urllib3-*.whl .whl/idna-*.whl .whl/certifi-*.whl)
+    wheels+=(.whl/charset_normalizer-*.whl)
 fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}"
+python3 -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site "${wheels[@]}"
 export PYTHONPATH="/tmp/site:$PWD"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm --format=csv || true
-python3 -c 'import torch, diffusers, cache_dit, ecad; print("torch", torch.__version__, "diffusers",
-    diffusers.__version__, "cache-dit", cache_dit.__version__, torch.cuda.get_device_name(0))'
+# Fail fast, before any device time goes to the benchmark, if the essentials do not import; cache-dit
+# stays optional (its rows say why when it is missing).
+python3 -c 'import torch, diffusers, ecad; print("torch", torch.__version__, "diffusers", diffusers.__version__,
+    torch.cuda.get_device_name(0))'
 # SIGINT leaves time for the benchmark to write what it has before the device call's own limit.
 timeout -s INT -k 20 560 python3 bench/gpu.py --out "$out" "$@" 2>&1 | tee "$out/log.txt"

@@ -14,6 +14,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,48 +49,54 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def direct_ms(tier: str, repeats: int) -> list[float]:
-    model = ModelConfig(**MODEL)
-    pipe = load_pipeline(model)
-    schedule = load_registry(
-        ROOT / "schedules" / "ecad-tiny", model_id=model.id, family=model.family, steps=model.steps
-    ).for_tier(tier)
-    engine = CacheEngine(pipe, schedule.schedule) if tier != "exact" else None
-    times = []
-    for index in range(repeats + 1):
+class DirectCall:
+    """The same pipeline and schedule in this process, plus the PNG + base64 encoding the server does."""
+
+    def __init__(self) -> None:
+        self.model = ModelConfig(**MODEL)
+        self.pipe = load_pipeline(self.model)
+        self.registry = load_registry(
+            ROOT / "schedules" / "ecad-tiny",
+            model_id=self.model.id,
+            family=self.model.family,
+            steps=self.model.steps,
+        )
+
+    def __call__(self, tier: str, seed: int) -> float:
+        schedule = self.registry.for_tier(tier).schedule
+        engine = nullcontext() if schedule.is_no_cache else CacheEngine(self.pipe, schedule)  # as the server
         started = time.perf_counter()
-        with torch.inference_mode():
-            if engine is not None:
-                engine.apply()
-            try:
-                image = pipe(
-                    prompt=[PROMPT],
-                    height=SIZE,
-                    width=SIZE,
-                    num_inference_steps=model.steps,
-                    guidance_scale=model.guidance_scale,
-                    generator=[torch.Generator().manual_seed(index)],
-                    output_type="pil",
-                    use_resolution_binning=False,
-                    clean_caption=False,
-                ).images[0]
-            finally:
-                if engine is not None:
-                    engine.remove()
+        with torch.inference_mode(), engine:
+            image = self.pipe(
+                prompt=[PROMPT],
+                height=SIZE,
+                width=SIZE,
+                num_inference_steps=self.model.steps,
+                guidance_scale=self.model.guidance_scale,
+                generator=[torch.Generator().manual_seed(seed)],
+                output_type="pil",
+                **self.model.adapter.call_kwargs(),
+            ).images[0]
         encode_b64(image, "png", None)
-        if index:  # the first call warms up
-            times.append((time.perf_counter() - started) * 1000)
-    return times
+        return (time.perf_counter() - started) * 1000
 
 
-def http_ms(client: openai.OpenAI, tier: str, repeats: int) -> list[float]:
-    times = []
-    for index in range(repeats + 1):
-        started = time.perf_counter()
-        client.images.generate(prompt=PROMPT, extra_body={"quality": tier, "seed": index})
-        if index:
-            times.append((time.perf_counter() - started) * 1000)
-    return times
+def http_call(client: openai.OpenAI, tier: str, seed: int) -> float:
+    started = time.perf_counter()
+    client.images.generate(prompt=PROMPT, extra_body={"quality": tier, "seed": seed})
+    return (time.perf_counter() - started) * 1000
+
+
+def overhead_rows(client: openai.OpenAI, repeats: int) -> list[tuple[str, float, float, float]]:
+    """HTTP and direct calls interleaved one by one, so machine load drifts hit both alike."""
+    direct = DirectCall()
+    rows = []
+    for tier in ("fast", "exact"):
+        http_call(client, tier, 0), direct(tier, 0)  # warm-up
+        pairs = [(http_call(client, tier, seed), direct(tier, seed)) for seed in range(1, repeats + 1)]
+        http, local = [h for h, _ in pairs], [d for _, d in pairs]
+        rows.append((tier, statistics.median(local), statistics.median(http), percentile(http, 0.9)))
+    return rows
 
 
 def throughput(base_url: str, clients: int, per_client: int) -> tuple[float, float]:
@@ -127,15 +134,11 @@ def main() -> None:
     print(f"# Server overhead ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
     print(f"model: ecad-tiny (random PixArt-α, 2 blocks), {SIZE}x{SIZE}, 20 steps, n=1, png\n")
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         server = serve(Path(tmp) / "on", batch_window_ms=10, max_batch_images=8)
         try:
             client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=600)
-            for tier in ("fast", "exact"):
-                http = http_ms(client, tier, args.requests)
-                direct = direct_ms(tier, args.requests)
-                rows.append((tier, statistics.median(direct), statistics.median(http), percentile(http, 0.9)))
+            rows = overhead_rows(client, args.requests)
             batched = throughput(server.base_url, args.clients, args.per_client)
         finally:
             server.stop()

@@ -17,7 +17,9 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def install_torchvision_shim() -> None:
@@ -86,6 +88,18 @@ def import_patched_image_reward(vocab_file: Path):
     return ImageReward.ImageReward
 
 
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Temp file + rename, so the driver never reads half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work-dir", type=Path, required=True, help="med_config.json, vocab.txt, cases.json")
@@ -107,7 +121,7 @@ def main() -> None:
             if isinstance(layer, torch.nn.Linear):
                 torch.nn.init.normal_(layer.weight, std=1.0 / math.sqrt(layer.in_features))
                 torch.nn.init.normal_(layer.bias, std=0.1)
-    torch.save(model.state_dict(), work / "ImageReward.pt")
+    write_atomically(work / "ImageReward.pt", lambda handle: torch.save(model.state_dict(), handle))
 
     cases = json.loads((work / "cases.json").read_text())
     scores = []
@@ -117,10 +131,8 @@ def main() -> None:
                 image.load()
                 scores.append(model.score(case["prompt"], image))
 
-    fd, tmp = tempfile.mkstemp(dir=work, suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"scores": scores}, handle)
-    os.replace(tmp, work / "upstream_scores.json")
+    payload = json.dumps({"scores": scores}).encode()
+    write_atomically(work / "upstream_scores.json", lambda handle: handle.write(payload))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
     .venv/bin/python scripts/image_reward_equivalence.py --work-dir /tmp/ir   # makes a full-size checkpoint
     .venv/bin/python scripts/metric_costs.py --image-reward-dir /tmp/ir
 
-Random weights cost the same as real ones. Each figure is the median over `--repeats` timed calls on
-a batch of `--batch` images after one warm-up call, divided by the batch size: wall time, and the
-process's CPU time over all threads (steadier when other jobs share the machine). Timings on a
-shared machine vary by 2x or more: compare ratios measured in one run.
+Random weights cost the same as real ones. Each figure is taken over `--repeats` timed calls on a
+batch of `--batch` images after one warm-up call, divided by the batch size: the median and the
+minimum wall time, and the median CPU time of the process over all threads. Timings on a shared
+machine vary by 2x or more; the minimum is the least disturbed by other jobs.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from ecad.metrics.fid import FidStatistics, frechet_distance
 from ecad.metrics.inception import FEATURE_DIM, FidInceptionV3
 
 
-def median_seconds(call: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median wall seconds and median process CPU seconds (all threads) of `call`, after a warm-up."""
+def timings(call: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+    """Median and minimum wall seconds, and median process CPU seconds (all threads), after a warm-up."""
     call()
     wall, cpu = [], []
     for _ in range(repeats):
@@ -39,12 +39,12 @@ def median_seconds(call: Callable[[], object], repeats: int) -> tuple[float, flo
         call()
         wall.append(time.perf_counter() - wall_start)
         cpu.append(time.process_time() - cpu_start)
-    return statistics.median(wall), statistics.median(cpu)
+    return statistics.median(wall), min(wall), statistics.median(cpu)
 
 
-def report(name: str, seconds: tuple[float, float], per: int, unit: str = "image") -> None:
-    wall, cpu = seconds
-    print(f"{name:>18}: {wall / per * 1e3:9.1f} ms wall, {cpu / per * 1e3:9.1f} ms CPU per {unit}")
+def report(name: str, seconds: tuple[float, float, float], per: int, unit: str = "image") -> None:
+    median, minimum, cpu = (value / per * 1e3 for value in seconds)
+    print(f"| {name} | {median:.1f} | {minimum:.1f} | {cpu:.1f} | {unit} |")
 
 
 def clip_b32_dir(folder: Path) -> Path:
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--image-reward-dir", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size", type=int, default=256, help="generated image size (the paper: 256)")
     args = parser.parse_args()
 
@@ -94,12 +94,14 @@ def main() -> None:
     }
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-        f"{args.size}² images, batch {args.batch}, median of {args.repeats}"
+        f"{args.size}² images, batch {args.batch}, {args.repeats} repeats, load {os.getloadavg()[0]:.1f}"
     )
+    print("| metric | median ms | min ms | CPU ms | per |")
+    print("|---|---|---|---|---|")
     for name, metric in metrics.items():
         report(
             name,
-            median_seconds(lambda m=metric: m.score(images, prompts, references), args.repeats),
+            timings(lambda m=metric: m.score(images, prompts, references), args.repeats),
             args.batch,
         )
 
@@ -111,9 +113,9 @@ def main() -> None:
         reference=work / "ref.npz",
         **common,
     )
-    report("fid features", median_seconds(lambda: fid.features(images), args.repeats), args.batch)
-    distance = median_seconds(lambda: frechet_distance(stats, fid.reference), args.repeats)
-    report("fid distance", distance, 1, unit="call (2048-d; independent of the image count)")
+    report("fid features", timings(lambda: fid.features(images), args.repeats), args.batch)
+    distance = timings(lambda: frechet_distance(stats, fid.reference), args.repeats)
+    report("fid distance", distance, 1, unit="call (2048-d, any image count)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +27,14 @@ app.add_typer(registry_app, name="registry")
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _interrupt_in(owner: int, signum: int, frame: object) -> None:
+    """In the serving process, SIGTERM becomes the KeyboardInterrupt LitServe shuts down on; forked
+    API servers inherit the handler and, once uvicorn has drained them, simply exit."""
+    if os.getpid() != owner:
+        sys.exit(0)
+    raise KeyboardInterrupt
 
 
 def _load(config: Path) -> AppConfig:
@@ -66,6 +77,9 @@ def serve(
     except (RegistryError, OSError) as error:
         raise _fail(str(error)) from None
     typer.echo(f"state folder: {state.root}", err=True)
+    # LitServe shuts its API servers and workers down on KeyboardInterrupt only; a plain SIGTERM
+    # (kill, systemd, Kubernetes) would end this process and orphan them.
+    signal.signal(signal.SIGTERM, functools.partial(_interrupt_in, os.getpid()))
     try:
         server.run(
             host=server_config.host,

@@ -5,6 +5,7 @@ Used by the tests and the benchmarks; not part of serving.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -54,6 +55,7 @@ class RunningServer:
         raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log_text()[-4000:]}")
 
     def stop(self) -> None:
+        """SIGTERM (graceful: the server stops its workers), then make sure its process group is gone."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -61,6 +63,8 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -84,6 +88,7 @@ def launch(config: dict[str, Any], folder: Path, api_key: str | None = None) -> 
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so `stop` can reach every child
         )
     server = RunningServer(process, port, log, api_key)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from ecad.config import ConfigError
 from ecad.models import get_adapter
-from ecad.registry import FRONT_FILE
+from ecad.registry import FRONT_FILE, load_registry
 from ecad.schedule import load_schedule
 from ecad.search import load_search_config
 from ecad.search.archive import ArchivedCandidate
@@ -82,15 +83,21 @@ def test_search_writes_a_registry_the_server_can_load(uninterrupted: Path) -> No
         assert schedule.metadata.quality_metric == "ssim" and schedule.metadata.resolution == (64, 64)
         assert not schedule.is_no_cache
     assert (uninterrupted / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # What `ecad serve` does at start-up: the registry loads without any manual step.
+    registry = load_registry(uninterrupted, model_id="tiny", family="pixart_alpha", steps=6)
+    assert registry.tiers["exact"].schedule.is_no_cache
+    assert registry.tiers["best"].file in {p["file"] for p in front["points"]}
     summary = (uninterrupted / "summary.md").read_text()
     assert "| baseline `fora_every_3` |" in summary and "| baseline `no_cache` | exact | 1 |" in summary
 
 
-def test_kill_mid_generation_then_resume_gives_the_same_front(root: Path, uninterrupted: Path) -> None:
-    state = root / "state-killed"
-    process = subprocess.Popen(
-        search_command(root, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_stop_mid_generation_then_resume_gives_the_same_front(
+    root: Path, uninterrupted: Path, signal_number: int
+) -> None:
+    name = f"stopped-{int(signal_number)}"
+    state = root / f"state-{name}"
+    process = subprocess.Popen(search_command(root, name), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     archive = state / "archive.sqlite"
     deadline = time.monotonic() + 300
     evaluated = 0
@@ -101,21 +108,27 @@ def test_kill_mid_generation_then_resume_gives_the_same_front(root: Path, uninte
             with sqlite3.connect(archive) as connection:
                 evaluated = connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
         time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    assert not (root / "registry-killed" / FRONT_FILE).exists()
+    os.kill(process.pid, signal_number)
+    _, stderr = process.communicate(timeout=120)
+    if signal_number == signal.SIGINT:  # Ctrl-C: a clean stop with a hint
+        assert process.returncode == 130
+        assert "interrupted; the last finished generation is saved: rerun with --resume" in stderr.decode()
+    else:
+        assert process.returncode == -signal.SIGKILL
+    assert pickle.loads((state / "checkpoint.pkl").read_bytes()).generation == 1  # generation 1 was in flight
+    assert not (root / f"registry-{name}" / FRONT_FILE).exists()
 
     again = subprocess.run(
-        search_command(root, "killed"), capture_output=True, text=True, timeout=600, check=False
+        search_command(root, name), capture_output=True, text=True, timeout=600, check=False
     )
     assert again.returncode == 2
     assert "holds an earlier search; pass --resume" in again.stderr
 
     resumed = subprocess.run(
-        search_command(root, "killed", "--resume"), capture_output=True, text=True, timeout=600, check=False
+        search_command(root, name, "--resume"), capture_output=True, text=True, timeout=600, check=False
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert front_of(root / "registry-killed") == front_of(uninterrupted)
+    assert front_of(root / f"registry-{name}") == front_of(uninterrupted)
 
 
 def test_dask_local_cluster_gives_the_same_front(root: Path, uninterrupted: Path) -> None:

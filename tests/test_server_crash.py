@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,3 +61,18 @@ def test_killed_worker_fails_request_then_server_recovers(server: RunningServer)
     assert server.process.poll() is None
     response = client.images.generate(prompt="after the crash", size="64x64")
     assert response.data[0].b64_json
+
+
+def test_sigterm_stops_every_server_process(start_server: Callable[..., RunningServer]) -> None:
+    """kill / systemd / Kubernetes send SIGTERM: the server must not leave its workers behind."""
+    server = start_server(server_config(), api_key=None)
+    group = os.getpgid(server.process.pid)
+    members = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=True)
+    assert len(members.stdout.split()) >= 3  # the main process, an API server, a worker at least
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-g", str(group)], capture_output=True, check=False).returncode == 0:
+        assert time.monotonic() < deadline, "server processes outlived the SIGTERM"
+        time.sleep(0.1)
+    assert "Traceback" not in server.log_text()
