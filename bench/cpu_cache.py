@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+from diffusers import PixArtTransformer2DModel
 
 from ecad.cache import CacheEngine
 from ecad.costs import schedule_cost
 from ecad.models import architecture_of
+from ecad.pipelines.tiny import pixart_scheduler
 from ecad.schedule import Schedule, fora, load_schedule, no_cache
 
 PAPER = (
@@ -53,7 +54,7 @@ def denoise(
     model: PixArtTransformer2DModel, steps: int, text: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """The pipeline's loop without text encoder and VAE: CFG batch of 2, DPM-Solver++ updates."""
-    scheduler = DPMSolverMultistepScheduler()
+    scheduler = pixart_scheduler()
     scheduler.set_timesteps(steps)
     latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
     with torch.no_grad():

@@ -38,9 +38,7 @@ import torch._dynamo
 from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
-    DPMSolverMultistepScheduler,
     FirstBlockCacheConfig,
-    FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
     PixArtAlphaPipeline,
@@ -54,6 +52,7 @@ from ecad.cache.hooks import COMPONENT_HOOK, ComponentCacheHook
 from ecad.cache.plan import executed_mask
 from ecad.costs import schedule_cost
 from ecad.models import Architecture, Workload, architecture_of, get_adapter
+from ecad.pipelines.tiny import flux_scheduler, pixart_scheduler
 from ecad.schedule import Schedule, fora, load_schedule, no_cache
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "schedules" / "published" / "schedules_in_paper"
@@ -227,21 +226,12 @@ def build_pipeline(section: Section, device: torch.device, dtype: torch.dtype) -
     transformer = transformer.to(device=device, dtype=dtype).eval()
     vae = vae.to(device=device, dtype=dtype).eval()
     if section.family is PIXART:
-        scheduler: Any = DPMSolverMultistepScheduler(
-            beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True
-        )
+        scheduler: Any = pixart_scheduler()
         pipe: DiffusionPipeline = PixArtAlphaPipeline(
             tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler
         )
     else:
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=3.0,
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=1.15,
-            base_image_seq_len=256,
-            max_image_seq_len=4096,
-        )
+        scheduler = flux_scheduler()
         pipe = FluxPipeline(
             scheduler=scheduler,
             vae=vae,

@@ -31,7 +31,9 @@ def architecture(pipe: Any, family: str) -> Architecture:
     return architecture_of(pipe.transformer, family)
 
 
-def generate(pipe: Any, family: str, prompts: list[str], seeds: list[int], steps: int = STEPS) -> np.ndarray:
+def generate(
+    pipe: Any, family: str, prompts: list[str], seeds: list[int], steps: int = STEPS, **pipeline_kwargs: Any
+) -> np.ndarray:
     """Images as float arrays, one generator per image so each image's noise depends only on its seed."""
     extra: dict[str, Any] = (
         {} if family == "flux" else {"use_resolution_binning": False, "clean_caption": False}
@@ -44,4 +46,5 @@ def generate(pipe: Any, family: str, prompts: list[str], seeds: list[int], steps
         width=SIZE,
         output_type="np",
         **extra,
+        **pipeline_kwargs,
     ).images

@@ -116,29 +116,9 @@ def test_two_pipelines_do_not_interfere() -> None:
 
         def step_a(step: int, _timestep: Any, _latents: torch.Tensor) -> None:
             if step == 2:
-                outputs["b"] = pipe_b(
-                    prompt=PROMPTS[1],
-                    generator=torch.Generator().manual_seed(2),
-                    num_inference_steps=STEPS,
-                    height=64,
-                    width=64,
-                    output_type="np",
-                    use_resolution_binning=False,
-                    clean_caption=False,
-                    callback=step_b,
-                ).images
+                outputs["b"] = generate(pipe_b, "pixart_alpha", PROMPTS[1:], [2], callback=step_b)
 
-        outputs["a"] = pipe_a(
-            prompt=PROMPTS[0],
-            generator=torch.Generator().manual_seed(1),
-            num_inference_steps=STEPS,
-            height=64,
-            width=64,
-            output_type="np",
-            use_resolution_binning=False,
-            clean_caption=False,
-            callback=step_a,
-        ).images
+        outputs["a"] = generate(pipe_a, "pixart_alpha", PROMPTS[:1], [1], callback=step_a)
     assert steps_b == list(range(STEPS))
     assert np.array_equal(outputs["a"], alone_a)
     assert np.array_equal(outputs["b"], alone_b)
@@ -159,16 +139,7 @@ def test_slots_exist_only_for_reused_components_and_are_freed() -> None:
         def count_live(_step: int, _timestep: Any, _latents: torch.Tensor) -> None:
             live_per_step.append(sum(len(hook.slots) for hook in hooks))
 
-        pipe(
-            prompt=PROMPTS[0],
-            num_inference_steps=STEPS,
-            height=64,
-            width=64,
-            output_type="np",
-            use_resolution_binning=False,
-            clean_caption=False,
-            callback=count_live,
-        )
+        generate(pipe, "pixart_alpha", PROMPTS[:1], [0], callback=count_live)
         stats = engine.last_call_stats()
     expected_live = ((plan == Action.COMPUTE_STORE) | (plan == Action.REUSE)).sum(dim=(1, 2)).tolist()
     assert live_per_step == expected_live

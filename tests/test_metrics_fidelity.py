@@ -77,6 +77,13 @@ def test_reference_errors_name_the_metric() -> None:
         psnr(image, gray(0))
 
 
+def test_fidelity_is_ssim() -> None:
+    image, noisy = pattern_pair()
+    assert get_metric("fidelity").score([noisy], ["p"], [image]) == get_metric("ssim").score(
+        [noisy], ["p"], [image]
+    )
+
+
 def test_ssim_options_and_window_check() -> None:
     metric = get_metric("ssim", window=7, sigma=1.0)
     assert metric.config == SsimConfig(window=7, sigma=1.0)

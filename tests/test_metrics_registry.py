@@ -51,7 +51,10 @@ def test_builtin_names() -> None:
 def test_unknown_name_lists_the_available_ones() -> None:
     with pytest.raises(KeyError) as error:
         get_metric("lpips")
-    assert error.value.args[0] == "unknown metric 'lpips'; available: clip, fid, image_reward, psnr, ssim"
+    assert (
+        error.value.args[0]
+        == "unknown metric 'lpips'; available: clip, fid, fidelity, image_reward, psnr, ssim"
+    )
 
 
 def test_unknown_option_is_refused() -> None:

@@ -41,17 +41,6 @@ def _ssim(**options: Any) -> Metric:
     return SsimMetric(SsimConfig(**options))
 
 
-def _fidelity(**options: Any) -> Metric:
-    """The search's weight-free default: SSIM against the no-cache image of the same seed.
-
-    SSIM rather than PSNR because it is bounded (1 = identical), so the registry's tier rule
-    (relative quality loss against no-cache) applies; PSNR of an identical image is infinite.
-    """
-    from ecad.metrics.fidelity import SsimConfig, SsimMetric
-
-    return SsimMetric(SsimConfig(**options))
-
-
 def _fid(**options: Any) -> Metric:
     from ecad.metrics.fid import FidConfig, FidMetric
 
@@ -63,7 +52,10 @@ _FACTORIES: dict[str, MetricFactory] = {
     "clip": _clip,
     "psnr": _psnr,
     "ssim": _ssim,
-    "fidelity": _fidelity,
+    # The search's weight-free default: SSIM against the no-cache image of the same seed. SSIM rather
+    # than PSNR because it is bounded (1 = identical), so the registry's tier rule (relative quality
+    # loss against no-cache) applies; PSNR of an identical image is infinite.
+    "fidelity": _ssim,
     "fid": _fid,
 }
 

@@ -25,7 +25,7 @@ from diffusers import (
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
-__all__ = ["tiny_flux_pipeline", "tiny_pixart_pipeline"]
+__all__ = ["flux_scheduler", "pixart_scheduler", "tiny_flux_pipeline", "tiny_pixart_pipeline"]
 
 TEXT_DIM = 32  # T5 d_model == PixArt caption_channels == FLUX joint_attention_dim
 CLIP_DIM = 32  # CLIP hidden size == FLUX pooled_projection_dim
@@ -116,7 +116,7 @@ def _vae(scaling_factor: float, shift_factor: float | None = None) -> Autoencode
     ).eval()
 
 
-def _pixart_scheduler() -> DPMSolverMultistepScheduler:
+def pixart_scheduler() -> DPMSolverMultistepScheduler:
     # Same settings as the scheduler configs shipped with PixArt-XL-2 (α and Σ).
     return DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
@@ -131,6 +131,19 @@ def _pixart_scheduler() -> DPMSolverMultistepScheduler:
         use_karras_sigmas=False,
         timestep_spacing="linspace",
         steps_offset=0,
+    )
+
+
+def flux_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """FLUX.1-dev's scheduler config (resolution-dependent shift)."""
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
     )
 
 
@@ -172,7 +185,7 @@ def tiny_pixart_pipeline(
         text_encoder=text_encoder,
         vae=vae,
         transformer=transformer,
-        scheduler=_pixart_scheduler(),
+        scheduler=pixart_scheduler(),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -202,15 +215,7 @@ def tiny_flux_pipeline(num_layers: int = 2, num_single_layers: int = 4, seed: in
     with _seeded(seed + 3):
         # The FLUX VAE normalises latents with both a shift and a scale (values from FLUX.1-dev).
         vae = _vae(scaling_factor=0.3611, shift_factor=0.1159)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
+    scheduler = flux_scheduler()
     pipe = FluxPipeline(
         scheduler=scheduler,
         vae=vae,
