@@ -12,6 +12,7 @@ from ecad.metrics import (
     SetMetric,
     available_metrics,
     get_metric,
+    higher_is_better,
     register_metric,
     summary_score,
     unregister_metric,
@@ -90,3 +91,16 @@ def test_bad_names_are_refused() -> None:
 def test_summary_of_an_empty_batch_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"^psnr: no images to score$"):
         summary_score(get_metric("psnr"), [], [], [])
+
+
+def test_direction_is_known_without_loading_the_metric() -> None:
+    assert higher_is_better("image_reward")
+    assert higher_is_better("fidelity")
+    assert not higher_is_better("fid")
+    register_metric("test_distance", lambda **_: None, higher_is_better=False)  # type: ignore[arg-type,return-value]
+    try:
+        assert not higher_is_better("test_distance")
+    finally:
+        unregister_metric("test_distance")
+    with pytest.raises(KeyError, match="unknown metric 'nope'"):
+        higher_is_better("nope")

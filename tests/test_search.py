@@ -157,11 +157,13 @@ def test_resume_with_other_settings_is_refused(root: Path, uninterrupted: Path) 
 
 def test_bad_settings_name_the_key(tmp_path: Path) -> None:
     path = tmp_path / "search.yaml"
-    path.write_text("model: tiny\npopulation: 2\ncost: seconds\n")
+    path.write_text("model: tiny\npopulation: 2\ncost: seconds\nmetric: lpips\n")
     with pytest.raises(ConfigError) as caught:
         load_search_config(path, {})
     assert str(caught.value).splitlines()[1:] == [
         "population: Input should be greater than or equal to 4",
+        "metric: Value error, unknown metric 'lpips'; "
+        "available: clip, fid, fidelity, image_reward, psnr, ssim",
         "cost: Input should be 'macs' or 'latency'",
     ]
     with pytest.raises(

@@ -11,6 +11,7 @@ from ecad.metrics.registry import (
     MetricFactory,
     available_metrics,
     get_metric,
+    higher_is_better,
     register_metric,
     unregister_metric,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "SetMetric",
     "available_metrics",
     "get_metric",
+    "higher_is_better",
     "register_metric",
     "summary_score",
     "unregister_metric",

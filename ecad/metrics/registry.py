@@ -60,13 +60,30 @@ _FACTORIES: dict[str, MetricFactory] = {
 }
 
 
-def register_metric(name: str, factory: MetricFactory, *, replace: bool = False) -> None:
+# Known without building the metric (which may load gigabytes of weights).
+_LOWER_IS_BETTER = {"fid"}
+
+
+def register_metric(
+    name: str, factory: MetricFactory, *, higher_is_better: bool = True, replace: bool = False
+) -> None:
     """Make `get_metric(name, **options)` call `factory(**options)`; a taken name needs replace=True."""
     if not name or not name.replace("_", "").isalnum():
         raise ValueError(f"metric name {name!r} must be letters, digits and underscores")
     if name in _FACTORIES and not replace:
         raise ValueError(f"metric {name!r} is already registered")
     _FACTORIES[name] = factory
+    if higher_is_better:
+        _LOWER_IS_BETTER.discard(name)
+    else:
+        _LOWER_IS_BETTER.add(name)
+
+
+def higher_is_better(name: str) -> bool:
+    """The direction of metric `name`, without loading it."""
+    if name not in _FACTORIES:
+        raise KeyError(f"unknown metric {name!r}; available: {', '.join(available_metrics())}")
+    return name not in _LOWER_IS_BETTER
 
 
 def unregister_metric(name: str) -> None:
@@ -74,6 +91,7 @@ def unregister_metric(name: str) -> None:
     if name not in _FACTORIES:
         raise KeyError(f"unknown metric {name!r}")
     del _FACTORIES[name]
+    _LOWER_IS_BETTER.discard(name)
 
 
 def available_metrics() -> list[str]:

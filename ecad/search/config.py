@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ecad.config import ConfigError, ModelConfig, format_validation_error, read_yaml
+from ecad.metrics import available_metrics
 from ecad.registry import TierRule
 
 
@@ -56,6 +57,13 @@ class SearchConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1, description="torch threads per evaluation worker")
     dask: str | None = Field(default=None, description="scheduler address, or local:N for a local cluster")
     tier_rule: TierRule = Field(default_factory=TierRule)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in available_metrics():
+            raise ValueError(f"unknown metric {value!r}; available: {', '.join(available_metrics())}")
+        return value
 
     @field_validator("dask")
     @classmethod

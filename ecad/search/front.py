@@ -11,7 +11,7 @@ import numpy as np
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from ecad.files import write_text_atomic
-from ecad.metrics import get_metric
+from ecad.metrics import higher_is_better
 from ecad.registry import FRONT_FILE, FrontPoint, assign_tiers, point_for, write_registry
 from ecad.schedule import Schedule, ScheduleMetadata
 from ecad.search.archive import ArchivedCandidate
@@ -46,10 +46,10 @@ def write_outputs(
 ) -> SearchOutcome:
     """`candidates`: every archived evaluation; `baselines`: no-cache and FORA by schedule name."""
     config, evaluation = setup.config, setup.evaluation
-    metric = get_metric(config.metric, **config.metric_options)
+    better_high = higher_is_better(config.metric)
     reference = baselines["no_cache"]
     searched = [c for c in candidates if c.generation >= 0 and not setup.schedule(c.bits, "x").is_no_cache]
-    front = pareto_front(searched, metric.higher_is_better)
+    front = pareto_front(searched, better_high)
 
     schedules: dict[str, Schedule] = {}
     for candidate in front:
@@ -68,7 +68,7 @@ def write_outputs(
         )
         schedules[f"{name}.json"] = schedule
     points = [point_for(file, schedule) for file, schedule in schedules.items()]
-    tiers = assign_tiers(points, reference.quality, config.tier_rule, metric.higher_is_better)
+    tiers = assign_tiers(points, reference.quality, config.tier_rule, better_high)
     for tier, file in tiers.items():
         schedules[file].metadata = replace(schedules[file].metadata, tier=tier)
 

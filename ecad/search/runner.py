@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ecad.config import ModelConfig
 from ecad.costs import schedule_cost
 from ecad.files import write_bytes_atomic
+from ecad.metrics import higher_is_better
 from ecad.models import Architecture, get_adapter
 from ecad.pipelines.loading import load_transformer_config
 from ecad.schedule import Schedule, evenly_spaced, fora, fora_attention, no_cache, tgate
@@ -182,6 +183,7 @@ class Search:
         self.hits = 0
         self.evaluated = 0
         self.baselines: dict[str, ArchivedCandidate] = {}
+        self.quality_higher_is_better = higher_is_better(self.config.metric)
 
     def load_or_start(self) -> SearchState:
         path = self.state_dir / CHECKPOINT
@@ -242,7 +244,8 @@ class Search:
         self, candidates: list[ArchivedCandidate], genomes: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         cost = [c.latency_ms if self.config.cost == "latency" else c.tmacs for c in candidates]
-        minimised = np.column_stack([[-c.quality for c in candidates], cost]).astype(float)
+        sign = -1.0 if self.quality_higher_is_better else 1.0
+        minimised = np.column_stack([[sign * c.quality for c in candidates], cost]).astype(float)
         violation = (1.0 - (~genomes).sum(axis=1, keepdims=True)).astype(float)
         return minimised, violation
 
