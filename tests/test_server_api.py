@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from server_harness import server_config
+from server_harness import ROOT, server_config
 
 from server.launcher import RunningServer
 
@@ -377,6 +377,11 @@ def test_metrics_hold_latency_histograms(client: openai.OpenAI, server: RunningS
         r'^ecad_requests_total\{model="ecad-tiny",status="200",tier="balanced"\} [1-9]', text, re.M
     )
     assert re.search(r'^ecad_images_generated_total\{.*tier="balanced"\} [1-9]', text, re.M)
+    # docs/metrics.md documents every series the server exports.
+    exported = set(re.findall(r"^# TYPE (ecad_\w+) ", text, re.M))
+    documented = set(re.findall(r"^\| `(ecad_\w+)` \|", (ROOT / "docs" / "metrics.md").read_text(), re.M))
+    assert exported
+    assert exported == documented
 
 
 def metric_value(server: RunningServer, pattern: str) -> float:
