@@ -241,3 +241,26 @@ def test_compiled_components_do_not_recompile_per_step() -> None:
     assert Counter(counters["stats"])["unique_graphs"] == 3
     assert not counters["recompiles"]
     np.testing.assert_allclose(compiled, eager, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_norms_of_reused_components_are_skipped_without_changing_the_output(family: str) -> None:
+    pipe = build_pipeline(family)
+    schedule = random_schedule(pipe, family, seed=8)
+    group = schedule.block_groups()[0][0]
+    index = next(i for i, c in enumerate(group.components) if c.input_norm is not None)
+    component = group.components[index]
+    schedule.mask[:, 0, index] = torch.tensor([True, False, True, False, False, True])
+    norm = schedule.adapter.blocks(pipe.transformer)[0].get_submodule(component.input_norm)
+    with CacheEngine(pipe, schedule, EngineOptions(skip_dead_work=False)):
+        reference = generate(pipe, family, PROMPTS[:1], [4])
+    shapes: list[tuple[int, ...]] = []
+    with CacheEngine(pipe, schedule):
+        handle = norm.register_forward_hook(lambda _m, _a, output: shapes.append(tuple(output.shape)))
+        skipped = generate(pipe, family, PROMPTS[:1], [4])
+        handle.remove()
+    assert np.array_equal(skipped, reference)
+    # A full-size output where the component computes, a broadcastable stand-in where it is reused.
+    assert [len(shape) == 3 and shape[1:] == (1, 1) for shape in shapes] == [
+        False, True, False, True, True, False,
+    ]  # fmt: skip

@@ -7,9 +7,17 @@ from types import TracebackType
 from typing import Any, Self
 
 import torch
-from diffusers.hooks import HookRegistry
+from diffusers.hooks import HookRegistry, ModelHook
 
-from ecad.cache.hooks import CLOCK_HOOK, COMPONENT_HOOK, ComponentCacheHook, RunState, StepClockHook
+from ecad.cache.hooks import (
+    CLOCK_HOOK,
+    COMPONENT_HOOK,
+    INPUT_NORM_HOOK,
+    ComponentCacheHook,
+    InputNormHook,
+    RunState,
+    StepClockHook,
+)
 from ecad.cache.plan import build_plan
 from ecad.models import architecture_of
 from ecad.schedule import Schedule
@@ -17,6 +25,8 @@ from ecad.schedule import Schedule
 
 @dataclass(frozen=True)
 class EngineOptions:
+    # Skip work whose result is never read: FLUX single-block attention/MLP while `proj_out` is
+    # reused, and norms feeding a reused component. Outputs are identical either way.
     skip_dead_work: bool = True
     # Compile each component's computation; the per-step reuse dispatch stays eager, so a schedule
     # that changes from step to step does not recompile.
@@ -52,7 +62,7 @@ class CacheEngine:
         self.schedule = schedule
         self.options = options or EngineOptions()
         self.state = RunState(plan=build_plan(schedule, self.options.skip_dead_work))
-        self._hooked: list[torch.nn.Module] = []
+        self._hooked: list[tuple[torch.nn.Module, str]] = []
 
     @property
     def applied(self) -> bool:
@@ -65,26 +75,28 @@ class CacheEngine:
         if registry.get_hook(CLOCK_HOOK) is not None:
             raise RuntimeError("the transformer already runs under a cache engine; remove that one first")
         self.state.restart()
-        registry.register_hook(StepClockHook(self.state), CLOCK_HOOK)
-        self._hooked.append(self.transformer)
+        self._register(self.transformer, StepClockHook(self.state), CLOCK_HOOK)
         blocks = self.schedule.adapter.blocks(self.transformer)
         for block, ((group, _), module) in enumerate(zip(self.schedule.block_groups(), blocks, strict=True)):
             for index, component in enumerate(group.components):
-                target = module.get_submodule(component.module_path)
                 hook = ComponentCacheHook(self.state, block, index, component)
-                HookRegistry.check_if_exists_or_initialize(target).register_hook(hook, COMPONENT_HOOK)
+                self._register(module.get_submodule(component.module_path), hook, COMPONENT_HOOK)
                 if self.options.compile_components:
-                    hook.compute = torch.compile(
-                        hook.fn_ref.original_forward, **dict(self.options.compile_options)
-                    )
-                self._hooked.append(target)
+                    options = dict(self.options.compile_options)
+                    hook.compute = torch.compile(hook.fn_ref.original_forward, **options)
+                if self.options.skip_dead_work and component.input_norm is not None:
+                    norm_hook = InputNormHook(self.state, block, index)
+                    self._register(module.get_submodule(component.input_norm), norm_hook, INPUT_NORM_HOOK)
         return self
+
+    def _register(self, module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        self._hooked.append((module, name))
 
     def remove(self) -> None:
         self.state.restart()
-        for module in self._hooked:
-            registry = module._diffusers_hook
-            registry.remove_hook(CLOCK_HOOK if module is self.transformer else COMPONENT_HOOK, recurse=False)
+        for module, name in self._hooked:
+            module._diffusers_hook.remove_hook(name, recurse=False)
         self._hooked.clear()
 
     def reset(self) -> None:

@@ -34,7 +34,9 @@ class Component:
 
     `read_by` names the component of the same block that is the only consumer of this one's output,
     so its work is dead at steps where that consumer is reused. `placeholder` builds a tensor of the
-    right shape to return instead of computing dead work.
+    right shape to return instead of computing dead work. `input_norm` is the block's norm whose
+    output feeds only this component (through the block's elementwise modulation), so it is dead
+    whenever the component is reused.
     """
 
     name: str
@@ -42,6 +44,7 @@ class Component:
     role: Role
     read_by: str | None = None
     placeholder: Placeholder | None = None
+    input_norm: str | None = None
 
 
 @dataclass(frozen=True)

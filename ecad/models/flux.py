@@ -33,8 +33,8 @@ DOUBLE_BLOCKS = BlockGroup(
     count_key="num_blocks",
     components=(
         Component("full_attn", "attn", Role.JOINT_ATTENTION),
-        Component("full_ff", "ff", Role.FEED_FORWARD),
-        Component("full_ff_context", "ff_context", Role.FEED_FORWARD),
+        Component("full_ff", "ff", Role.FEED_FORWARD, input_norm="norm2"),
+        Component("full_ff_context", "ff_context", Role.FEED_FORWARD, input_norm="norm2_context"),
     ),
 )
 # In a single block, attention and the MLP input projection are read only by `proj_out` of the same

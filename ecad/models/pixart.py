@@ -14,9 +14,9 @@ BLOCKS = BlockGroup(
     key_prefix="",
     count_key="num_blocks",
     components=(
-        Component("attn1", "attn1", Role.SELF_ATTENTION),
+        Component("attn1", "attn1", Role.SELF_ATTENTION, input_norm="norm1"),
         Component("attn2", "attn2", Role.CROSS_ATTENTION),
-        Component("ff", "ff", Role.FEED_FORWARD),
+        Component("ff", "ff", Role.FEED_FORWARD, input_norm="norm2"),
     ),
 )
 
