@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# Run here, where PyPI is reachable: fetch into .whl/ (git-ignored through .git/info/exclude) the wheels
+# Run here, where PyPI is reachable: fetch into .whl/ (git-ignored) the wheels
 # that bench/run_gpu.sh installs on the GPU machine, which has no network. The project itself needs no
 # wheel: the working tree travels with every device call and runs from PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exclude="$(git rev-parse --git-path info/exclude)"
-mkdir -p "$(dirname "$exclude")"
-grep -qxF '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
 rm -rf .whl
 python="${PYTHON:-.venv/bin/python}"
 # The device's python3 is CPython 3.12 on x86-64 (/work/.library/device/KINDS.md). Only charset-normalizer
