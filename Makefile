@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 
-.PHONY: install serve test lint format clean
+.PHONY: install serve test lint format loadtest clean
 
 # torch first, pinned: a loose torch requirement would pull a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -22,6 +22,11 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+
+# Bounded (45 s of load) run against config.yaml's default model on loopback; rewrites docs/load.md.
+loadtest: install
+	$(BIN)/pip install --quiet -e '.[load]'
+	$(BIN)/python -m loadtests.run --config $(CONFIG) --duration 45 --users 6 --output docs/load.md
 
 lint: install
 	$(BIN)/ruff check .

@@ -64,7 +64,7 @@ class ServerConfig(BaseModel):
     # Whole-request deadline (queue + generation); well below the SDK's 600 s client timeout.
     deadline_s: float = Field(default=120.0, gt=0, le=590)
     # How long a worker waits for compatible requests to join a batch, and the images per batch.
-    batch_window_ms: float = Field(default=10.0, ge=0, le=1000)
+    batch_window_ms: float = Field(default=0.0, ge=0, le=1000)
     max_batch_images: int = Field(default=8, ge=1, le=64)
     max_inference_steps: int = Field(default=100, ge=1, le=1000)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)

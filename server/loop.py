@@ -54,19 +54,20 @@ class GroupingLoop(LitLoop):
             self._serve(lit_api, batch, transport)
 
     def _collect(self, request_queue: Any) -> list[tuple[int, str, Job]]:
-        """Block for one request, then take more for `window_s` until `max_images` images are held."""
+        """Block for one request, then take what is already waiting and, for `window_s`, what arrives,
+        until `max_images` images are held. With no window, batches still form under load: requests
+        that queued up while the previous batch ran are taken together, and an idle worker adds no delay.
+        """
         items: list[tuple[int, str, Job]] = []
         images = 0
         closes_at: float | None = None
         while images < self.max_images:
-            if closes_at is None:
-                timeout: float | None = _POLL_S
-            else:
-                timeout = closes_at - time.monotonic()
-                if timeout <= 0:
-                    break
             try:
-                item = request_queue.get(timeout=timeout)
+                if closes_at is None:
+                    item = request_queue.get(timeout=_POLL_S)
+                else:
+                    remaining = closes_at - time.monotonic()
+                    item = request_queue.get(timeout=remaining) if remaining > 0 else request_queue.get(False)
             except queue.Empty:
                 if closes_at is None:
                     continue
