@@ -14,9 +14,9 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from server_harness import ROOT, server_config
 
 from server.launcher import RunningServer
+from tests.server_harness import ROOT, server_config
 
 KEY = "sk-test-key"
 QUALITIES = [

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import yaml
-from server_harness import server_config
 
 from ecad.config import ConfigError
 from server.config import load_config
 from server.launcher import ECAD
+from tests.server_harness import server_config
 
 
 def write(tmp_path: Path, config: dict[str, Any]) -> Path:

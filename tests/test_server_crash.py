@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from server_harness import server_config
 
 from server.launcher import RunningServer
+from tests.server_harness import server_config
 
 
 @pytest.fixture(scope="module")
