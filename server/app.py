@@ -72,8 +72,9 @@ def load_keys(config: AppConfig) -> frozenset[str]:
     return frozenset(keys)
 
 
-def build_server(config: AppConfig, state: StateDir) -> ls.LitServer:
-    """The configured server, ready to `run`; registries are checked here, before any worker starts."""
+def build_server(config: AppConfig, state: StateDir) -> tuple[ls.LitServer, Gateway]:
+    """The configured server, ready to `run`, and its gateway (which counts in-flight requests);
+    registries are checked here, before any worker starts."""
     server_config = config.server
     runtimes: dict[str, ModelRuntime] = {}
     registry_dirs: dict[str, Path | None] = {}
@@ -119,7 +120,7 @@ def build_server(config: AppConfig, state: StateDir) -> ls.LitServer:
     _add_routes(server, gateway, runtimes, state, config)
     _add_error_handlers(server)
     server.app.add_middleware(RequestIdMiddleware)
-    return server
+    return server, gateway
 
 
 def _add_routes(
@@ -143,8 +144,10 @@ def _add_routes(
             and all(value == WorkerSetupStatus.READY for value in statuses.values())
             and all(model in served for model in runtimes)
         )
+        draining = state.is_draining()
+        ready = ready and not draining
         body = {
-            "status": "ready" if ready else "starting",
+            "status": "draining" if draining else "ready" if ready else "starting",
             "workers": [{"pid": pid, "model": model} for pid, model in sorted(workers.items())],
         }
         return JSONResponse(body, status_code=200 if ready else 503)

@@ -8,8 +8,10 @@ import os
 import signal
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +21,10 @@ from ecad.files import write_bytes_atomic
 from ecad.registry import CACHED_TIERS, RegistryError, write_registry
 from ecad.schedule import ScheduleFileError, fora, load_schedule
 from server.config import AppConfig, ServerConfig, load_config, parse_size
+from server.state import StateDir
+
+if TYPE_CHECKING:
+    from server.gateway import Gateway
 
 registry_app = typer.Typer(no_args_is_help=True, help="Write schedule registries (schedules/<model>/).")
 app.add_typer(registry_app, name="registry")
@@ -29,12 +35,23 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _interrupt_in(owner: int, signum: int, frame: object) -> None:
-    """In the serving process, SIGTERM becomes the KeyboardInterrupt LitServe shuts down on; forked
-    API servers inherit the handler and, once uvicorn has drained them, simply exit."""
+def _drain_then_stop(owner: int, state: StateDir, gateway: Gateway, drain_s: float, *_: object) -> None:
+    """SIGTERM: refuse new requests (503, `/readyz` 503), let in-flight ones finish for up to `drain_s`,
+    then stop the way LitServe shuts down, on KeyboardInterrupt (a plain SIGTERM would orphan its
+    processes). Forked API servers inherit this handler; when LitServe stops them they just exit."""
     if os.getpid() != owner:
         sys.exit(0)
-    raise KeyboardInterrupt
+    if state.is_draining():
+        return
+    state.start_draining()
+
+    def wait_and_stop() -> None:
+        deadline = time.monotonic() + drain_s
+        while gateway.in_flight() > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(owner, signal.SIGINT)  # a real signal wakes the main thread; interrupt_main() would not
+
+    threading.Thread(target=wait_and_stop, name="drain", daemon=True).start()
 
 
 def _load(config: Path) -> AppConfig:
@@ -62,8 +79,6 @@ def serve(
     logging.basicConfig(
         level=server_config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from server.state import StateDir
-
     state = StateDir(server_config.state_dir or Path(tempfile.mkdtemp(prefix="ecad-serve-")))
     state.create()
     for stale in state.prometheus.glob("*.db"):
@@ -73,13 +88,12 @@ def serve(
     from server.app import build_server
 
     try:
-        server = build_server(app_config, state)
+        server, gateway = build_server(app_config, state)
     except (RegistryError, OSError) as error:
         raise _fail(str(error)) from None
     typer.echo(f"state folder: {state.root}", err=True)
-    # LitServe shuts its API servers and workers down on KeyboardInterrupt only; a plain SIGTERM
-    # (kill, systemd, Kubernetes) would end this process and orphan them.
-    signal.signal(signal.SIGTERM, functools.partial(_interrupt_in, os.getpid()))
+    drain = functools.partial(_drain_then_stop, os.getpid(), state, gateway, server_config.deadline_s)
+    signal.signal(signal.SIGTERM, drain)
     try:
         server.run(
             host=server_config.host,

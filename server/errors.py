@@ -85,6 +85,17 @@ def rate_limited(retry_after_s: int) -> ApiError:
     )
 
 
+def shutting_down() -> ApiError:
+    """503 while the server drains before stopping: another replica (or this one, restarted) serves it."""
+    return ApiError(
+        503,
+        "The server is shutting down; retry on another replica.",
+        type=SERVER_ERROR,
+        code="slow_down",
+        headers={"retry-after": "1"},
+    )
+
+
 def deadline_exceeded(deadline_s: float) -> ApiError:
     return ApiError(
         504,

@@ -214,6 +214,8 @@ class Gateway:
         )
 
     def admit(self, runtime: ModelRuntime) -> Admission:
+        if self.state.is_draining():
+            raise errors.shutting_down()
         with runtime.in_flight.get_lock():
             depth = runtime.in_flight.value
             if depth >= self.server_config.max_queue:
@@ -222,6 +224,10 @@ class Gateway:
             runtime.in_flight.value = depth + 1
         metrics.QUEUE_DEPTH.labels(model=runtime.config.id).set(depth + 1)
         return Admission(runtime)
+
+    def in_flight(self) -> int:
+        """Requests admitted and not finished, over every model and API process."""
+        return sum(runtime.in_flight.value for runtime in self.models.values())
 
     def deadline_s(self, request: Request) -> float:
         """The server deadline, shortened (never extended) by the client's `x-ecad-deadline-ms`."""

@@ -6,6 +6,7 @@ leaves nothing locked. Layout under the state folder:
   images/<id>.<ext> images served by `GET /v1/images/{id}` until their time-to-live ends
   workers/<pid>     a live inference worker (its model id inside), for /readyz and crash detection
   prometheus/       the Prometheus multiprocess files
+  draining          present once SIGTERM arrived: no new requests, in-flight ones finish
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class StateDir:
     def create(self) -> None:
         for sub in ("cancel", "images", "workers", "prometheus"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # shutdown
+    def start_draining(self) -> None:
+        (self.root / "draining").touch()
+
+    def is_draining(self) -> bool:
+        return (self.root / "draining").exists()
 
     # cancellation
     def cancel(self, uid: str) -> None:

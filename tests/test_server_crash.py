@@ -63,13 +63,36 @@ def test_killed_worker_fails_request_then_server_recovers(server: RunningServer)
     assert response.data[0].b64_json
 
 
-def test_sigterm_stops_every_server_process(start_server: Callable[..., RunningServer]) -> None:
-    """kill / systemd / Kubernetes send SIGTERM: the server must not leave its workers behind."""
+def test_sigterm_drains_then_stops_every_server_process(start_server: Callable[..., RunningServer]) -> None:
+    """kill / systemd / Kubernetes send SIGTERM: finish what is running, refuse new work, leave nothing."""
     server = start_server(server_config(), api_key=None)
     group = os.getpgid(server.process.pid)
     members = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=True)
     assert len(members.stdout.split()) >= 3  # the main process, an API server, a worker at least
-    server.process.send_signal(signal.SIGTERM)
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+    before = started_groups(server)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(
+            client.images.generate,
+            prompt="in flight at shutdown",
+            size="256x256",
+            n=4,
+            extra_body={"num_inference_steps": 100, "quality": "exact"},
+        )
+        deadline = time.monotonic() + 30
+        while started_groups(server) <= before:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.05)
+        server.process.send_signal(signal.SIGTERM)
+        while (ready := httpx.get(f"{server.base_url}/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "/readyz never reported the drain"
+            time.sleep(0.05)
+        assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.images.generate(prompt="too late", size="64x64")
+        assert (refused.value.status_code, refused.value.code) == (503, "slow_down")
+        assert refused.value.response.headers["retry-after"] == "1"
+        assert len(running.result().data) == 4  # the in-flight request finished
     assert server.process.wait(timeout=60) == 0
     deadline = time.monotonic() + 30
     while subprocess.run(["pgrep", "-g", str(group)], capture_output=True, check=False).returncode == 0:
