@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -110,9 +110,6 @@ class Schedule:
         bits = self.mask.to(torch.uint8).numpy().tobytes()
         header = f"{self.family}:{tuple(self.mask.shape)}:".encode()
         return hashlib.sha256(header + bits).hexdigest()[:12]
-
-    def with_mask(self, mask: torch.Tensor, name: str | None = None) -> Schedule:
-        return replace(self, mask=mask, name=name or self.name, metrics={})
 
     @classmethod
     def from_genome(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import pickle
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -305,7 +304,3 @@ class Search:
             return 0.0
         normalised = (feasible.get("F") - state.hv_ideal) / state.hv_scale
         return float(HV(ref_point=np.full(2, 1.1))(normalised))
-
-
-def checkpoint_path(config: SearchConfig) -> Path:
-    return config.state_dir() / CHECKPOINT
