@@ -218,6 +218,11 @@ def test_misuse_is_reported() -> None:
     flux_arch = architecture(build_pipeline("flux"), "flux")
     with pytest.raises(TypeError, match="PixArtTransformer2DModel is not a flux transformer"):
         CacheEngine(pipe, no_cache(flux_arch, 4))
+    block = pipe.transformer.transformer_blocks[0]
+    block.set_chunk_feed_forward(2, 1)
+    with pytest.raises(ValueError, match=r"feed-forward chunking is on; turn it off"):
+        CacheEngine(pipe, no_cache(arch, 4))
+    block.set_chunk_feed_forward(None)
     bigger = arch.__class__(arch.family, (28,), arch.hidden_size, arch.dims)
     with pytest.raises(ValueError, match=r"is for \(28,\) blocks, the model has \(2,\)"):
         CacheEngine(pipe, no_cache(bigger, 4))

@@ -58,6 +58,12 @@ class CacheEngine:
                 f"schedule {schedule.name!r} is for {schedule.architecture.block_counts} blocks, "
                 f"the model has {architecture.block_counts}"
             )
+        # Chunked feed-forward calls the `ff` module once per chunk: one cached value per step no longer
+        # fits, and the stand-in for a skipped norm cannot be chunked.
+        if any(getattr(block, "_chunk_size", None) for block in schedule.adapter.blocks(transformer)):
+            raise ValueError(
+                "feed-forward chunking is on; turn it off (set_chunk_feed_forward(None)) to cache"
+            )
         self.transformer = transformer
         self.schedule = schedule
         self.options = options or EngineOptions()
