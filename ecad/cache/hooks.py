@@ -28,6 +28,9 @@ class RunState:
     """
 
     plan: torch.Tensor
+    # The plan as nested lists: hooks look up one action per module call, and indexing a tensor costs
+    # microseconds each — enough, over every hook of a FLUX step, to leave a GPU waiting on Python.
+    actions: list[list[list[int]]] = field(init=False)
     step: int = -1
     pass_index: int = 0
     last_timestep: float | None = None
@@ -35,6 +38,9 @@ class RunState:
     reused: int = 0
     skipped: int = 0
     on_new_call: list[Callable[[], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.actions = self.plan.tolist()
 
     def tick(self, timestep: float) -> None:
         if self.last_timestep is None or timestep > self.last_timestep:
@@ -46,8 +52,8 @@ class RunState:
             self.step += 1
             self.pass_index = 0
         self.last_timestep = timestep
-        if self.step >= self.plan.shape[0]:
-            steps = self.plan.shape[0]
+        if self.step >= len(self.actions):
+            steps = len(self.actions)
             self.restart()
             raise ValueError(
                 f"the pipeline ran more denoising steps than the schedule has ({steps}); "
@@ -94,7 +100,7 @@ class ComponentCacheHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
-        action = int(state.plan[state.step, self.block, self.index])
+        action = state.actions[state.step][self.block][self.index]
         if action == Action.REUSE:
             state.reused += 1
             return self.slots[state.pass_index]
@@ -132,6 +138,6 @@ class InputNormHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         state = self.state
-        if int(state.plan[state.step, self.block, self.index]) in _NOT_COMPUTED:
+        if state.actions[state.step][self.block][self.index] in _NOT_COMPUTED:
             return hidden.new_zeros((hidden.shape[0], 1, 1))
         return self.fn_ref.original_forward(hidden, *args, **kwargs)
