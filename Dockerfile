@@ -40,7 +40,9 @@ RUN useradd --create-home --uid 10001 ecad \
 WORKDIR /srv/ecad
 # The schedule registry; configs mounted at /srv/ecad/config.yaml resolve `schedules/<model>` here.
 COPY schedules ./schedules
-# Default config (the tiny CPU model) so the image answers without a mount; mount a real one over it.
+# Default config and its model (the embedded ecad-shapes, 13 MB, CPU) so the image answers without a
+# mount; mount a real config over it.
+COPY models/ecad-shapes ./models/ecad-shapes
 COPY config.yaml ./config.yaml
 
 # Numeric, so Kubernetes runAsNonRoot can verify it without reading /etc/passwd.

@@ -38,6 +38,9 @@ class ModelConfig(BaseModel):
     steps: int = Field(default=20, ge=1, le=200)
     guidance_scale: float = Field(default=4.5, ge=0.0, le=30.0)
     default_size: str = "256x256"
+    # A model trained at one size (the embedded model) renders there whatever the request asks; the
+    # server then resizes each image to the requested size. Search and evaluation render at it too.
+    render_size: str | None = None
     min_side: int = Field(default=64, ge=16)
     max_side: int = Field(default=1024, ge=16)
     schedules: Path | None = None
@@ -49,12 +52,18 @@ class ModelConfig(BaseModel):
             raise ValueError(f"{value!r} is not a device (cpu, cuda, cuda:N, mps)")
         return value
 
-    @field_validator("default_size")
+    @field_validator("default_size", "render_size")
     @classmethod
-    def _size(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+x\d+", value):
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+x\d+", value):
             raise ValueError(f"{value!r} is not WIDTHxHEIGHT")
         return value
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(width, height) that search and evaluation render at: render_size, else default_size."""
+        width, height = (self.render_size or self.default_size).split("x")
+        return int(width), int(height)
 
     @property
     def adapter(self) -> Any:

@@ -53,10 +53,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def served_config(path: Path) -> dict[str, Any]:
     """config.yaml as served by the launcher, which writes it into a scratch folder: registries that the
-    file leaves implicit (`schedules/<id>` beside it) are made absolute so the tiers stay cached."""
+    file leaves implicit (`schedules/<id>` beside it) and local model folders are made absolute."""
     config = yaml.safe_load(path.read_text())
     for model in config["models"]:
         model["schedules"] = str((path.parent / model.get("schedules", f"schedules/{model['id']}")).resolve())
+        if (path.parent / model["source"]).is_dir():
+            model["source"] = str((path.parent / model["source"]).resolve())
     return config
 
 

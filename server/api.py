@@ -17,7 +17,7 @@ from ecad.models import architecture_of, get_adapter
 from ecad.pipelines.loading import load_pipeline
 from ecad.registry import EXACT, Registry, TierRule, TierSchedule, exact_only, load_registry
 from server import metrics
-from server.imaging import encode_b64
+from server.imaging import encode_b64, fit_to
 from server.protocol import GenerationCancelledError, Job, WorkerReport
 from server.state import StateDir
 
@@ -98,6 +98,7 @@ class ImageWorkerAPI(ls.LitAPI):
             rows[job.uid] = (offset, offset + job.n)
             offset += job.n
         partial_at = {job.uid: sorted(partial_steps(job.steps, job.partial_images)) for job in jobs}
+        width, height = self.model.native_size if self.model.render_size else (first.width, first.height)
 
         def on_step(step: int, latents: torch.Tensor) -> None:
             if all(self.state.is_cancelled(job.uid) or time.monotonic() > job.deadline for job in jobs):
@@ -105,12 +106,12 @@ class ImageWorkerAPI(ls.LitAPI):
             for job in jobs:
                 if step in partial_at[job.uid]:
                     start, stop = rows[job.uid]
-                    images = self.adapter.decode_latents(
-                        self.pipe, latents[start:stop], job.height, job.width
-                    )
+                    images = self.adapter.decode_latents(self.pipe, latents[start:stop], height, width)
                     index = partial_at[job.uid].index(step)
                     for i, image in enumerate(images):
-                        b64 = encode_b64(image, job.output_format, job.output_compression)
+                        b64 = encode_b64(
+                            fit_to(image, job.width, job.height), job.output_format, job.output_compression
+                        )
                         emit(
                             job.uid,
                             {"event": "partial", "image_index": i, "partial_index": index, "b64": b64},
@@ -120,8 +121,8 @@ class ImageWorkerAPI(ls.LitAPI):
         engine = self.engines.get(tier.digest) if first.tier != EXACT else None
         call = {
             "prompt": prompts,
-            "height": first.height,
-            "width": first.width,
+            "height": height,
+            "width": width,
             "num_inference_steps": first.steps,
             "guidance_scale": first.guidance_scale,
             "generator": generators,
@@ -149,7 +150,9 @@ class ImageWorkerAPI(ls.LitAPI):
         for job in jobs:
             start, stop = rows[job.uid]
             for i, image in enumerate(output.images[start:stop]):
-                b64 = encode_b64(image, job.output_format, job.output_compression)
+                b64 = encode_b64(
+                    fit_to(image, job.width, job.height), job.output_format, job.output_compression
+                )
                 emit(job.uid, {"event": "image", "image_index": i, "b64": b64})
             report = WorkerReport(
                 tier=job.tier,

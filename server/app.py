@@ -174,6 +174,7 @@ def _add_routes(
                         "family": model.family,
                         "steps": model.steps,
                         "default_size": model.default_size,
+                        "render_size": model.render_size,
                         "sizes": {"min_side": model.min_side, "max_side": model.max_side, "multiple": 16},
                         "tiers": tiers,
                     },

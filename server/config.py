@@ -155,6 +155,11 @@ def load_config(path: str | Path) -> AppConfig:
     for model in config.models:
         if model.schedules is not None and not model.schedules.is_absolute():
             model.schedules = root / model.schedules
+        # A local folder next to the config (e.g. ./models/ecad-shapes) wins over a hub id of that name.
+        for key in ("source", "transformer"):
+            value = getattr(model, key)
+            if value is not None and not Path(value).is_absolute() and (root / value).is_dir():
+                setattr(model, key, str(root / value))
     return config
 
 

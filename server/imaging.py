@@ -11,6 +11,13 @@ from PIL import Image
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
+def fit_to(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The image at the requested size: models with a fixed render size are resized (bicubic)."""
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
 def encode_image(image: Image.Image, output_format: str, compression: int | None) -> bytes:
     buffer = io.BytesIO()
     options: dict[str, int | bool] = {}

@@ -46,15 +46,24 @@ def registered_width() -> Iterator[None]:
 
 
 def test_builtin_names() -> None:
-    assert available_metrics() == ["clip", "fid", "fidelity", "image_reward", "psnr", "ssim"]
+    assert available_metrics() == [
+        "clip",
+        "fid",
+        "fidelity",
+        "image_reward",
+        "psnr",
+        "scene_correct",
+        "scene_match",
+        "ssim",
+    ]
 
 
 def test_unknown_name_lists_the_available_ones() -> None:
     with pytest.raises(KeyError) as error:
         get_metric("lpips")
     assert (
-        error.value.args[0]
-        == "unknown metric 'lpips'; available: clip, fid, fidelity, image_reward, psnr, ssim"
+        error.value.args[0] == "unknown metric 'lpips'; available: clip, fid, fidelity, image_reward, psnr, "
+        "scene_correct, scene_match, ssim"
     )
 
 

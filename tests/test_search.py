@@ -163,7 +163,7 @@ def test_bad_settings_name_the_key(tmp_path: Path) -> None:
     assert str(caught.value).splitlines()[1:] == [
         "population: Input should be greater than or equal to 4",
         "metric: Value error, unknown metric 'lpips'; "
-        "available: clip, fid, fidelity, image_reward, psnr, ssim",
+        "available: clip, fid, fidelity, image_reward, psnr, scene_correct, scene_match, ssim",
         "cost: Input should be 'macs' or 'latency'",
     ]
     with pytest.raises(

@@ -35,6 +35,10 @@ def write(tmp_path: Path, config: dict[str, Any]) -> Path:
         ({"models": [{"id": "m", "family": "sd15", "source": "random:tiny"}]}, "models.0.family"),
         ({"models": [{"id": "m", "family": "flux", "source": "x", "dtype": "int8"}]}, "models.0.dtype"),
         ({"models": []}, "models"),
+        (
+            {"models": [{"id": "m", "family": "pixart_alpha", "source": "x", "render_size": "64"}]},
+            "models.0.render_size",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, patch: dict[str, Any], key: str) -> None:
@@ -54,9 +58,29 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.registry_dir(config.models[0]) == tmp_path / "schedules" / "m"
 
 
+def test_local_model_folders_resolve_against_the_config(tmp_path: Path) -> None:
+    (tmp_path / "weights" / "transformer").mkdir(parents=True)
+    models = [
+        {
+            "id": "local",
+            "family": "pixart_alpha",
+            "source": "./weights",
+            "transformer": "weights/transformer",
+        },
+        {"id": "hub", "family": "pixart_alpha", "source": "PixArt-alpha/PixArt-XL-2-1024-MS"},
+    ]
+    local, hub = load_config(write(tmp_path, {"models": models})).models
+    assert (local.source, local.transformer) == (
+        str(tmp_path / "weights"),
+        str(tmp_path / "weights/transformer"),
+    )
+    assert hub.source == "PixArt-alpha/PixArt-XL-2-1024-MS"
+    assert (local.native_size, hub.native_size) == ((256, 256), (256, 256))
+
+
 def test_repository_configs_are_valid() -> None:
     root = Path(__file__).resolve().parent.parent
-    assert [m.id for m in load_config(root / "config.yaml").models] == ["ecad-tiny"]
+    assert [m.id for m in load_config(root / "config.yaml").models] == ["ecad-shapes"]
     assert len(load_config(root / "config.gpu.example.yaml").models) == 3
 
 

@@ -47,6 +47,18 @@ def _fid(**options: Any) -> Metric:
     return FidMetric(FidConfig(**options))
 
 
+def _scene_match(**options: Any) -> Metric:
+    from ecad.embedded.judge import SceneMatchConfig, SceneMatchMetric
+
+    return SceneMatchMetric(SceneMatchConfig(**options))
+
+
+def _scene_correct(**options: Any) -> Metric:
+    from ecad.embedded.judge import SceneMatchConfig, SceneMatchMetric
+
+    return SceneMatchMetric(SceneMatchConfig(**{"score": "correct", **options}))
+
+
 _FACTORIES: dict[str, MetricFactory] = {
     "image_reward": _image_reward,
     "clip": _clip,
@@ -57,6 +69,10 @@ _FACTORIES: dict[str, MetricFactory] = {
     # loss against no-cache) applies; PSNR of an identical image is infinite.
     "fidelity": _ssim,
     "fid": _fid,
+    # The embedded model's judge (models/ecad-shapes-judge): probability that the image shows every
+    # attribute its caption asks for, or whether the judge's best reading matches them all (1/0).
+    "scene_match": _scene_match,
+    "scene_correct": _scene_correct,
 }
 
 

@@ -11,6 +11,8 @@ BUILTIN = {
     "imagereward-100": "ImageRewardPrompts.txt",
     "partiprompts": "PartiPrompts.tsv",
     "drawbench-200": "DrawBench200.txt",
+    "shapes-calibration": "shapes-calibration.txt",
+    "shapes-held-out": "shapes-held-out.txt",
 }
 
 

@@ -140,7 +140,7 @@ def eval_setup(
     batch_size: int,
     threads: int | None,
 ) -> EvaluationSetup:
-    width, height = (int(side) for side in model.default_size.split("x"))
+    width, height = model.native_size
     if resolution is not None:
         width = height = resolution
     return EvaluationSetup(

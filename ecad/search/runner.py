@@ -75,7 +75,7 @@ def prepare(config: SearchConfig) -> SearchSetup:
     model = find_model(config)
     adapter = get_adapter(model.family)
     architecture = adapter.architecture(load_transformer_config(model))
-    width, height = (int(side) for side in model.default_size.split("x"))
+    width, height = model.native_size
     if config.resolution is not None:
         width = height = config.resolution
     default_prompts = "imagereward-100"

@@ -1,0 +1,334 @@
+"""Train the embedded pipeline on CPU: the VAE first, then the text encoder and transformer together.
+
+Each stage checkpoints into a work folder and a rerun resumes where the last one stopped; the finished
+pipeline is written with save_pretrained into a temporary folder and swapped in whole.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, PixArtAlphaPipeline, PixArtTransformer2DModel
+from torch.nn import functional
+from tqdm import tqdm
+from transformers import T5EncoderModel
+
+from ecad.embedded.components import (
+    MAX_CAPTION_TOKENS,
+    build_text_encoder,
+    build_tokenizer,
+    build_transformer,
+    build_vae,
+)
+from ecad.embedded.scenes import render, scenes, training_captions
+from ecad.files import write_json_atomic
+from ecad.pipelines.tiny import pixart_scheduler
+
+
+@dataclass
+class TrainConfig:
+    """Sizes and schedules of both stages; the defaults are the committed model's."""
+
+    seed: int = 0
+    images: int = 24_000  # rendered once, encoded once, reused every epoch
+    vae_steps: int = 800
+    vae_object_weight: float = 20.0  # objects cover a few percent of the pixels but carry the caption
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    steps: int = 3_200
+    batch: int = 64
+    lr: float = 1.5e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
+    min_snr_gamma: float = 5.0
+    checkpoint_every: int = 200
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _object_weight(x: torch.Tensor, weight: float = 20.0) -> torch.Tensor:
+    """Per-pixel loss weight: `weight` on objects, 1 on the flat background (read off the corners)."""
+    corners = torch.stack([x[:, :, 0, 0], x[:, :, 0, -1], x[:, :, -1, 0], x[:, :, -1, -1]])
+    background = corners.median(dim=0).values[:, :, None, None]
+    on_object = (x - background).abs().sum(dim=1, keepdim=True) > 0.1
+    return 1.0 + (weight - 1.0) * on_object.float()
+
+
+class Trainer:
+    """Runs (or resumes) both stages in `work` and writes the pipeline folder."""
+
+    def __init__(self, config: TrainConfig, work: Path) -> None:
+        self.config = config
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+        self.tokenizer = build_tokenizer()
+        self.captions = training_captions()
+
+    # Stage 0: the data, rendered once from the training captions.
+    def dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.work / "images.pt"
+        if path.exists():
+            data = torch.load(path)
+            return data["pixels"], data["captions"]
+        began = time.monotonic()
+        stream = scenes(self.captions, seed=self.config.seed)
+        images, caption_ids = [], []
+        index = {caption: i for i, caption in enumerate(self.captions)}
+        for _ in tqdm(range(self.config.images), desc="render", unit="img"):
+            caption, scene = next(stream)
+            images.append(np.asarray(render(scene), dtype=np.uint8))
+            caption_ids.append(index[caption])
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        captions = torch.tensor(caption_ids)
+        elapsed = time.monotonic() - began
+        _save_atomic({"pixels": pixels, "captions": captions, "elapsed_s": elapsed}, path)
+        return pixels, captions
+
+    # Stage 1: the VAE.
+    def train_vae(self, pixels: torch.Tensor) -> AutoencoderKL:
+        done = self.work / "vae.pt"
+        vae = build_vae()
+        if done.exists():
+            vae.load_state_dict(torch.load(done)["model"])
+            return vae.eval()
+        config = self.config
+        partial = self.work / "vae.partial.pt"
+        optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
+        start, elapsed = 0, 0.0
+        if partial.exists():
+            state = torch.load(partial)
+            vae.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, elapsed = state["step"], state["elapsed_s"]
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        vae.train()
+        began = time.monotonic()
+        bar = tqdm(range(start, config.vae_steps), desc="vae", initial=start, total=config.vae_steps)
+        for step in bar:
+            torch.manual_seed(config.seed * 100_003 + step)
+            batch = pixels[torch.randint(len(pixels), (config.vae_batch,), generator=generator)]
+            x = batch.float() / 127.5 - 1.0
+            posterior = vae.encode(x).latent_dist
+            reconstruction = vae.decode(posterior.sample()).sample
+            error = (reconstruction - x).abs() + (reconstruction - x).square()
+            loss = (
+                error * _object_weight(x, config.vae_object_weight)
+            ).mean() + config.vae_kl_weight * posterior.kl().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.set_postfix(l1=f"{functional.l1_loss(reconstruction, x).item():.4f}")
+            if (step + 1) % config.checkpoint_every == 0:
+                _save_atomic(
+                    {
+                        "model": vae.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "step": step + 1,
+                        "elapsed_s": elapsed + time.monotonic() - began,
+                    },
+                    partial,
+                )
+        elapsed += time.monotonic() - began
+        _save_atomic({"model": vae.state_dict(), "elapsed_s": elapsed}, done)
+        partial.unlink(missing_ok=True)
+        return vae.eval()
+
+    def encode(self, vae: AutoencoderKL, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and std of every image (VAE latents before normalisation)."""
+        path = self.work / "latents.pt"
+        if path.exists():
+            data = torch.load(path)
+            return data["mean"], data["std"]
+        means, stds = [], []
+        began = time.monotonic()
+        with torch.no_grad():
+            for start in tqdm(range(0, len(pixels), 256), desc="encode"):
+                posterior = vae.encode(pixels[start : start + 256].float() / 127.5 - 1.0).latent_dist
+                means.append(posterior.mean)
+                stds.append(posterior.std)
+        mean, std = torch.cat(means), torch.cat(stds)
+        elapsed = time.monotonic() - began
+        _save_atomic({"mean": mean, "std": std, "elapsed_s": elapsed}, path)
+        return mean, std
+
+    def caption_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and masks, [caption + 1, token]; the last row is the empty caption."""
+        texts = [caption.text for caption in self.captions] + [""]
+        encoded = self.tokenizer(
+            texts, padding="max_length", max_length=MAX_CAPTION_TOKENS, truncation=True, return_tensors="pt"
+        )
+        return encoded.input_ids, encoded.attention_mask
+
+    # Stage 2: text encoder and transformer, trained together on the diffusion loss.
+    def train_denoiser(
+        self, latents: tuple[torch.Tensor, torch.Tensor], caption_ids: torch.Tensor
+    ) -> tuple[T5EncoderModel, PixArtTransformer2DModel, float]:
+        """Trains on latents normalised per channel (see `normalise_latents`)."""
+        config = self.config
+        mean, std = latents
+        shift, scale = channel_statistics(mean, std)
+        mean, std = (mean - shift) / scale, std / scale
+        text_encoder = build_text_encoder(len(self.tokenizer))
+        transformer = build_transformer()
+        modules = torch.nn.ModuleDict({"text_encoder": text_encoder, "transformer": transformer})
+        ema = torch.nn.ModuleDict(
+            {"text_encoder": build_text_encoder(len(self.tokenizer)), "transformer": build_transformer()}
+        )
+        ema.load_state_dict(modules.state_dict())
+        optimizer = torch.optim.AdamW(modules.parameters(), lr=config.lr, weight_decay=0.01)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self._lr_factor(step))
+        checkpoint = self.work / "denoiser.pt"
+        start, elapsed = 0, 0.0
+        if checkpoint.exists():
+            state = torch.load(checkpoint)
+            modules.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            start, elapsed = state["step"], state["elapsed_s"]
+        if start >= config.steps:
+            return ema["text_encoder"].eval(), ema["transformer"].eval(), elapsed
+
+        alphas_cumprod = pixart_scheduler().alphas_cumprod
+        tokens, masks = self.caption_tokens()
+        parameters = list(modules.parameters())
+        ema_parameters = list(ema.parameters())
+        modules.train()
+        began = time.monotonic()
+        bar = tqdm(range(start, config.steps), desc="denoiser", initial=start, total=config.steps)
+        for step in bar:
+            # Per-step seeding: a resumed run draws the batches an uninterrupted one would have.
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            rows = torch.randint(len(mean), (config.batch,), generator=generator)
+            noise_latent = torch.randn(mean[rows].shape, generator=generator)
+            x0 = mean[rows] + std[rows] * noise_latent
+            dropped = torch.rand(config.batch, generator=generator) < config.caption_dropout
+            caption = torch.where(dropped, len(self.captions), caption_ids[rows])
+            ids, mask = tokens[caption], masks[caption]
+            t = torch.randint(0, len(alphas_cumprod), (config.batch,), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            a = alphas_cumprod[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            text = text_encoder(ids, attention_mask=mask).last_hidden_state
+            prediction = transformer(
+                xt,
+                encoder_hidden_states=text,
+                encoder_attention_mask=mask,
+                timestep=t,
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            ).sample
+            # Min-SNR-γ weighting (Hang et al., 2023): low-noise steps stop dominating the gradient.
+            snr = a.view(-1) / (1 - a.view(-1))
+            weight = snr.clamp(max=config.min_snr_gamma) / snr
+            loss = (weight * (prediction - noise).square().mean(dim=(1, 2, 3))).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                decay = min(config.ema_decay, (1 + step) / (10 + step))
+                torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                _save_atomic(
+                    {
+                        "model": modules.state_dict(),
+                        "ema": ema.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "step": step + 1,
+                        "elapsed_s": elapsed + time.monotonic() - began,
+                    },
+                    checkpoint,
+                )
+        elapsed += time.monotonic() - began
+        return ema["text_encoder"].eval(), ema["transformer"].eval(), elapsed
+
+    def _lr_factor(self, step: int) -> float:
+        config = self.config
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def run(self, out: Path) -> dict[str, Any]:
+        """Train (or resume) everything and write the pipeline to `out`; returns the timings."""
+        random.seed(self.config.seed)
+        torch.manual_seed(self.config.seed)
+        pixels, caption_ids = self.dataset()
+        vae = self.train_vae(pixels)
+        latents = self.encode(vae, pixels)
+        text_encoder, transformer, denoiser_s = self.train_denoiser(latents, caption_ids)
+        normalise_latents(vae, *channel_statistics(*latents))
+        pipe = PixArtAlphaPipeline(
+            tokenizer=self.tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=transformer,
+            scheduler=pixart_scheduler(),
+        )
+        write_pipeline(pipe, out)
+        # Each stage's own time, from its file: a resumed run reports the work, not the resumption.
+        timings = {
+            f"{stage}_s": round(float(torch.load(self.work / f"{file}.pt")["elapsed_s"]), 1)
+            for stage, file in (("render", "images"), ("vae", "vae"), ("encode", "latents"))
+        }
+        timings["denoiser_s"] = round(denoiser_s, 1)
+        write_json_atomic(self.work / "timings.json", {"config": asdict(self.config), **timings})
+        return timings
+
+
+def channel_statistics(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of sampled latents, shaped [1, C, 1, 1]."""
+    shift = mean.mean(dim=(0, 2, 3), keepdim=True)
+    variance = mean.var(dim=(0, 2, 3), keepdim=True) + std.square().mean(dim=(0, 2, 3), keepdim=True)
+    return shift, variance.sqrt()
+
+
+def normalise_latents(vae: AutoencoderKL, shift: torch.Tensor, scale: torch.Tensor) -> None:
+    """Fold a per-channel latent normalisation into the VAE's 1×1 quant convolutions, in place.
+
+    The PixArt pipeline only knows one scalar `scaling_factor`; VAE channels here differ in spread by
+    3×, which would drown the narrow ones in noise first. Afterwards the encoder emits (z − shift) / scale
+    and the decoder takes it, so the pipeline runs with scaling_factor 1.
+    """
+    shift, scale = shift.view(-1), scale.view(-1)
+    channels = len(shift)
+    with torch.no_grad():
+        quant = vae.quant_conv  # outputs [mean (C), log-variance (C)]
+        quant.weight[:channels] /= scale.view(-1, 1, 1, 1)
+        quant.bias[:channels] = (quant.bias[:channels] - shift) / scale
+        quant.bias[channels:] -= 2 * scale.log()
+        post = vae.post_quant_conv  # input z = scale · z' + shift
+        post.bias += post.weight[:, :, 0, 0] @ shift
+        post.weight *= scale.view(1, -1, 1, 1)
+    vae.register_to_config(scaling_factor=1.0)
+
+
+def write_pipeline(pipe: PixArtAlphaPipeline, out: Path) -> None:
+    """save_pretrained into a sibling temporary folder, then swap it in: `out` is never half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    previous = out.with_name(f".{out.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if out.exists():
+        out.replace(previous)
+    staging.replace(out)
+    shutil.rmtree(previous, ignore_errors=True)
