@@ -94,6 +94,9 @@ def serve(
     typer.echo(f"state folder: {state.root}", err=True)
     drain = functools.partial(_drain_then_stop, os.getpid(), state, gateway, server_config.deadline_s)
     signal.signal(signal.SIGTERM, drain)
+    # The drain ends by sending SIGINT to this process. A shell starts background jobs (`ecad serve &`,
+    # nohup) with SIGINT ignored, and Python then leaves it ignored: SIGTERM would never finish.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.run(
             host=server_config.host,

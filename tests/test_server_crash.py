@@ -9,12 +9,14 @@ import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import yaml
 
-from server.launcher import RunningServer
+from server.launcher import ECAD, RunningServer, free_port
 from tests.server_harness import server_config
 
 
@@ -99,3 +101,32 @@ def test_sigterm_drains_then_stops_every_server_process(start_server: Callable[.
         assert time.monotonic() < deadline, "server processes outlived the SIGTERM"
         time.sleep(0.1)
     assert "Traceback" not in server.log_text()
+
+
+def test_sigterm_stops_a_server_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A shell starts background jobs (`ecad serve &`, nohup) with SIGINT ignored; the drain ends with a
+    SIGINT to the main process, which must still stop it."""
+    config = {**server_config(), "server": {"state_dir": str(tmp_path / "state")}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    with (tmp_path / "server.log").open("wb") as sink:
+        process = subprocess.Popen(
+            [ECAD, "serve", "--config", str(tmp_path / "config.yaml"), "--port", str(port)],
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+    server = RunningServer(process, port, tmp_path / "server.log", None)
+    try:
+        server.ready_workers()
+        group = os.getpgid(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pgrep", "-g", str(group)], capture_output=True, check=False).returncode == 0:
+            assert time.monotonic() < deadline, "server processes outlived the SIGTERM"
+            time.sleep(0.1)
+    finally:
+        server.stop()
