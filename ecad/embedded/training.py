@@ -60,7 +60,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _object_weight(x: torch.Tensor, weight: float = 20.0) -> torch.Tensor:
+def _object_weight(x: torch.Tensor, weight: float) -> torch.Tensor:
     """Per-pixel loss weight: `weight` on objects, 1 on the flat background (read off the corners)."""
     corners = torch.stack([x[:, :, 0, 0], x[:, :, 0, -1], x[:, :, -1, 0], x[:, :, -1, -1]])
     background = corners.median(dim=0).values[:, :, None, None]
@@ -78,12 +78,13 @@ class Trainer:
         self.tokenizer = build_tokenizer()
         self.captions = training_captions()
 
+    # Every stage returns its own time, kept in its file: a resumed run reports the work, not the resumption.
     # Stage 0: the data, rendered once from the training captions.
-    def dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def dataset(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         path = self.work / "images.pt"
         if path.exists():
             data = torch.load(path)
-            return data["pixels"], data["captions"]
+            return data["pixels"], data["captions"], data["elapsed_s"]
         began = time.monotonic()
         stream = scenes(self.captions, seed=self.config.seed)
         images, caption_ids = [], []
@@ -96,15 +97,16 @@ class Trainer:
         captions = torch.tensor(caption_ids)
         elapsed = time.monotonic() - began
         _save_atomic({"pixels": pixels, "captions": captions, "elapsed_s": elapsed}, path)
-        return pixels, captions
+        return pixels, captions, elapsed
 
     # Stage 1: the VAE.
-    def train_vae(self, pixels: torch.Tensor) -> AutoencoderKL:
+    def train_vae(self, pixels: torch.Tensor) -> tuple[AutoencoderKL, float]:
         done = self.work / "vae.pt"
         vae = build_vae()
         if done.exists():
-            vae.load_state_dict(torch.load(done)["model"])
-            return vae.eval()
+            state = torch.load(done)
+            vae.load_state_dict(state["model"])
+            return vae.eval(), state["elapsed_s"]
         config = self.config
         partial = self.work / "vae.partial.pt"
         optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
@@ -145,14 +147,14 @@ class Trainer:
         elapsed += time.monotonic() - began
         _save_atomic({"model": vae.state_dict(), "elapsed_s": elapsed}, done)
         partial.unlink(missing_ok=True)
-        return vae.eval()
+        return vae.eval(), elapsed
 
-    def encode(self, vae: AutoencoderKL, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, vae: AutoencoderKL, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Posterior mean and std of every image (VAE latents before normalisation)."""
         path = self.work / "latents.pt"
         if path.exists():
             data = torch.load(path)
-            return data["mean"], data["std"]
+            return data["mean"], data["std"], data["elapsed_s"]
         means, stds = [], []
         began = time.monotonic()
         with torch.no_grad():
@@ -163,7 +165,7 @@ class Trainer:
         mean, std = torch.cat(means), torch.cat(stds)
         elapsed = time.monotonic() - began
         _save_atomic({"mean": mean, "std": std, "elapsed_s": elapsed}, path)
-        return mean, std
+        return mean, std, elapsed
 
     def caption_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and masks, [caption + 1, token]; the last row is the empty caption."""
@@ -270,11 +272,11 @@ class Trainer:
         """Train (or resume) everything and write the pipeline to `out`; returns the timings."""
         random.seed(self.config.seed)
         torch.manual_seed(self.config.seed)
-        pixels, caption_ids = self.dataset()
-        vae = self.train_vae(pixels)
-        latents = self.encode(vae, pixels)
-        text_encoder, transformer, denoiser_s = self.train_denoiser(latents, caption_ids)
-        normalise_latents(vae, *channel_statistics(*latents))
+        pixels, caption_ids, render_s = self.dataset()
+        vae, vae_s = self.train_vae(pixels)
+        mean, std, encode_s = self.encode(vae, pixels)
+        text_encoder, transformer, denoiser_s = self.train_denoiser((mean, std), caption_ids)
+        normalise_latents(vae, *channel_statistics(mean, std))
         pipe = PixArtAlphaPipeline(
             tokenizer=self.tokenizer,
             text_encoder=text_encoder,
@@ -283,12 +285,8 @@ class Trainer:
             scheduler=pixart_scheduler(),
         )
         write_pipeline(pipe, out)
-        # Each stage's own time, from its file: a resumed run reports the work, not the resumption.
-        timings = {
-            f"{stage}_s": round(float(torch.load(self.work / f"{file}.pt")["elapsed_s"]), 1)
-            for stage, file in (("render", "images"), ("vae", "vae"), ("encode", "latents"))
-        }
-        timings["denoiser_s"] = round(denoiser_s, 1)
+        seconds = {"render": render_s, "vae": vae_s, "encode": encode_s, "denoiser": denoiser_s}
+        timings = {f"{stage}_s": round(float(value), 1) for stage, value in seconds.items()}
         write_json_atomic(self.work / "timings.json", {"config": asdict(self.config), **timings})
         return timings
 
