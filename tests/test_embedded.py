@@ -175,9 +175,9 @@ def test_committed_model_draws_held_out_captions() -> None:
     prompts = [caption.text for caption in held_out_captions()[::3]]
     images = _generate(pipe, prompts, seeds=list(range(len(prompts))))
     scores = get_metric("scene_correct").score(images, prompts)
-    # A regression floor: the committed model gets 13 of these 23 right (59 % on the whole held-out set,
-    # docs/embedded.md); the 90 % is not reached yet.
-    assert sum(scores) >= 11, list(zip(prompts, scores, strict=True))
+    # A regression floor: the committed model gets 21 of these 23 right (docs/embedded.md has the whole
+    # held-out set); two spare for arithmetic that differs between CPUs.
+    assert sum(scores) >= 19, list(zip(prompts, scores, strict=True))
     # Any prompt gets an image, in or out of the grammar.
     (image,) = _generate(pipe, ["An astronaut riding a horse on the moon"], seeds=[0], steps=4)
     assert image.size == (64, 64) and np.asarray(image).std() > 0
@@ -187,7 +187,7 @@ def test_training_runs_and_resumes(tmp_path: Path) -> None:
     out, work = tmp_path / "model", tmp_path / "work"
     command = [
         sys.executable, "-m", "ecad.embedded.train", "pipeline", "--out", str(out), "--work", str(work),
-        "--images", "16", "--vae-steps", "2", "--steps", "2",
+        "--images", "16", "--vae-steps", "2", "--steps", "2", "--no-compile",
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, cwd=REPO, timeout=300)
     first_vae = (work / "vae.pt").stat().st_mtime_ns

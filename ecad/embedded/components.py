@@ -68,11 +68,11 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_transformer() -> PixArtTransformer2DModel:
-    """PixArt-α's block structure at 8 blocks × 128 wide; predicts the noise only (no learned variance)."""
+def build_transformer(layers: int = 8) -> PixArtTransformer2DModel:
+    """PixArt-α's block structure, 128 wide; predicts the noise only (no learned variance)."""
     return PixArtTransformer2DModel(
         sample_size=LATENT_SIZE,
-        num_layers=8,
+        num_layers=layers,
         num_attention_heads=4,
         attention_head_dim=32,
         in_channels=LATENT_CHANNELS,

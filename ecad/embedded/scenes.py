@@ -153,7 +153,7 @@ def scenes(captions: list[Caption], seed: int) -> Iterator[tuple[Caption, Scene]
         yield caption, sample_scene(caption, rng)
 
 
-def calibration_captions(count: int = 48, seed: int = 0) -> list[Caption]:
+def calibration_captions(count: int = 96, seed: int = 0) -> list[Caption]:
     """The search's calibration set: a fixed sample of training captions, in grammar order."""
     chosen = set(random.Random(seed).sample(training_captions(), count))
     return [caption for caption in training_captions() if caption in chosen]

@@ -33,9 +33,15 @@ def pipeline(
     vae_steps: Annotated[int, typer.Option(help="VAE training steps")] = TrainConfig.vae_steps,
     images: Annotated[int, typer.Option(help="rendered training images")] = TrainConfig.images,
     seed: Annotated[int, typer.Option()] = TrainConfig.seed,
+    device: Annotated[str, typer.Option(help="torch device to train on")] = TrainConfig.device,
+    compile_steps: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser's training step")
+    ] = TrainConfig.compile,
 ) -> None:
     """Train the VAE, then the text encoder and transformer, and write a diffusers pipeline folder."""
-    config = TrainConfig(seed=seed, images=images, vae_steps=vae_steps, steps=steps)
+    config = TrainConfig(
+        seed=seed, images=images, vae_steps=vae_steps, steps=steps, device=device, compile=compile_steps
+    )
     timings = Trainer(config, work).run(out)
     write_text_atomic(out / "README.md", model_card(config, timings, out))
     typer.echo(f"wrote {out} ({_megabytes(out):.1f} MB); times: {timings}")
@@ -61,7 +67,8 @@ def _megabytes(folder: Path) -> float:
 
 def model_card(config: TrainConfig, timings: dict[str, float], out: Path) -> str:
     total_min = sum(timings.values()) / 60
-    parameters = sum(p.numel() for p in build_transformer().parameters())
+    parameters = sum(p.numel() for p in build_transformer(config.transformer_layers).parameters())
+    transformer = f"`PixArtTransformer2DModel`, {config.transformer_layers} blocks × 128"
     settings = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
     return f"""# ecad-shapes
 
@@ -81,7 +88,7 @@ only: the model has never seen anything else.
 ## Parts
 | part | class | size |
 | --- | --- | --- |
-| transformer | `PixArtTransformer2DModel`, 8 blocks × 128, {parameters / 1e6:.2f} M parameters | 16² × 4 |
+| transformer | {transformer}, {parameters / 1e6:.2f} M parameters | 16² × 4 |
 | VAE | `AutoencoderKL`, channels (16, 32, 64): 4× down-scaling | 64² RGB ↔ 16² × 4 |
 | text encoder | `T5EncoderModel`, 2 layers × 128 | |
 | tokenizer | `T5Tokenizer`, one piece per grammar word, characters as fallback (prompts are lower-cased) | |

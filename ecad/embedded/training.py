@@ -1,7 +1,8 @@
-"""Train the embedded pipeline on CPU: the VAE first, then the text encoder and transformer together.
+"""Train the embedded pipeline: the VAE first, then the text encoder and transformer together.
 
-Each stage checkpoints into a work folder and a rerun resumes where the last one stopped; the finished
-pipeline is written with save_pretrained into a temporary folder and swapped in whole.
+Sized for a 2-core CPU (`TrainConfig.device` also takes a GPU, for recipe sweeps). Each stage
+checkpoints into a work folder and a rerun resumes where the last one stopped; the finished pipeline
+is written with save_pretrained into a temporary folder and swapped in whole.
 """
 
 from __future__ import annotations
@@ -44,14 +45,19 @@ class TrainConfig:
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    steps: int = 3_200
+    steps: int = 5_000
     batch: int = 64
-    lr: float = 1.5e-3
+    lr: float = 5e-3
     warmup_steps: int = 100
     ema_decay: float = 0.999
     caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
     min_snr_gamma: float = 5.0
+    transformer_layers: int = 8
     checkpoint_every: int = 200
+    device: str = "cpu"
+    # Inductor fuses the many small element-wise kernels of this narrow model: 1.6× faster steps on
+    # 2 CPU cores after about 80 s of compiling.
+    compile: bool = True
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -108,6 +114,7 @@ class Trainer:
             vae.load_state_dict(state["model"])
             return vae.eval(), state["elapsed_s"]
         config = self.config
+        vae.to(config.device)
         partial = self.work / "vae.partial.pt"
         optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
         start, elapsed = 0, 0.0
@@ -123,7 +130,7 @@ class Trainer:
         for step in bar:
             torch.manual_seed(config.seed * 100_003 + step)
             batch = pixels[torch.randint(len(pixels), (config.vae_batch,), generator=generator)]
-            x = batch.float() / 127.5 - 1.0
+            x = batch.to(config.device).float() / 127.5 - 1.0
             posterior = vae.encode(x).latent_dist
             reconstruction = vae.decode(posterior.sample()).sample
             error = (reconstruction - x).abs() + (reconstruction - x).square()
@@ -145,6 +152,7 @@ class Trainer:
                     partial,
                 )
         elapsed += time.monotonic() - began
+        vae.cpu()
         _save_atomic({"model": vae.state_dict(), "elapsed_s": elapsed}, done)
         partial.unlink(missing_ok=True)
         return vae.eval(), elapsed
@@ -157,11 +165,15 @@ class Trainer:
             return data["mean"], data["std"], data["elapsed_s"]
         means, stds = [], []
         began = time.monotonic()
+        device = self.config.device
+        vae.to(device)
         with torch.no_grad():
             for start in tqdm(range(0, len(pixels), 256), desc="encode"):
-                posterior = vae.encode(pixels[start : start + 256].float() / 127.5 - 1.0).latent_dist
-                means.append(posterior.mean)
-                stds.append(posterior.std)
+                x = pixels[start : start + 256].to(device).float() / 127.5 - 1.0
+                posterior = vae.encode(x).latent_dist
+                means.append(posterior.mean.cpu())
+                stds.append(posterior.std.cpu())
+        vae.cpu()
         mean, std = torch.cat(means), torch.cat(stds)
         elapsed = time.monotonic() - began
         _save_atomic({"mean": mean, "std": std, "elapsed_s": elapsed}, path)
@@ -184,12 +196,9 @@ class Trainer:
         mean, std = latents
         shift, scale = channel_statistics(mean, std)
         mean, std = (mean - shift) / scale, std / scale
-        text_encoder = build_text_encoder(len(self.tokenizer))
-        transformer = build_transformer()
-        modules = torch.nn.ModuleDict({"text_encoder": text_encoder, "transformer": transformer})
-        ema = torch.nn.ModuleDict(
-            {"text_encoder": build_text_encoder(len(self.tokenizer)), "transformer": build_transformer()}
-        )
+        device = config.device
+        modules = self._denoiser().to(device)
+        ema = self._denoiser().to(device)
         ema.load_state_dict(modules.state_dict())
         optimizer = torch.optim.AdamW(modules.parameters(), lr=config.lr, weight_decay=0.01)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self._lr_factor(step))
@@ -203,10 +212,11 @@ class Trainer:
             schedule.load_state_dict(state["schedule"])
             start, elapsed = state["step"], state["elapsed_s"]
         if start >= config.steps:
-            return ema["text_encoder"].eval(), ema["transformer"].eval(), elapsed
+            return ema["text_encoder"].cpu().eval(), ema["transformer"].cpu().eval(), elapsed
 
         alphas_cumprod = pixart_scheduler().alphas_cumprod
         tokens, masks = self.caption_tokens()
+        loss_of = torch.compile(denoising_loss) if config.compile else denoising_loss
         parameters = list(modules.parameters())
         ema_parameters = list(ema.parameters())
         modules.train()
@@ -223,20 +233,13 @@ class Trainer:
             ids, mask = tokens[caption], masks[caption]
             t = torch.randint(0, len(alphas_cumprod), (config.batch,), generator=generator)
             noise = torch.randn(x0.shape, generator=generator)
-            a = alphas_cumprod[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            text = text_encoder(ids, attention_mask=mask).last_hidden_state
-            prediction = transformer(
-                xt,
-                encoder_hidden_states=text,
-                encoder_attention_mask=mask,
-                timestep=t,
-                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-            ).sample
+            a = alphas_cumprod[t]
             # Min-SNR-γ weighting (Hang et al., 2023): low-noise steps stop dominating the gradient.
-            snr = a.view(-1) / (1 - a.view(-1))
+            snr = a / (1 - a)
             weight = snr.clamp(max=config.min_snr_gamma) / snr
-            loss = (weight * (prediction - noise).square().mean(dim=(1, 2, 3))).mean()
+            noisy = a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * noise
+            batch = [tensor.to(device) for tensor in (noisy, noise, t, weight, ids, mask)]
+            loss = loss_of(modules["text_encoder"], modules["transformer"], *batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -259,7 +262,15 @@ class Trainer:
                     checkpoint,
                 )
         elapsed += time.monotonic() - began
-        return ema["text_encoder"].eval(), ema["transformer"].eval(), elapsed
+        return ema["text_encoder"].cpu().eval(), ema["transformer"].cpu().eval(), elapsed
+
+    def _denoiser(self) -> torch.nn.ModuleDict:
+        return torch.nn.ModuleDict(
+            {
+                "text_encoder": build_text_encoder(len(self.tokenizer)),
+                "transformer": build_transformer(self.config.transformer_layers),
+            }
+        )
 
     def _lr_factor(self, step: int) -> float:
         config = self.config
@@ -278,7 +289,8 @@ class Trainer:
         text_encoder, transformer, denoiser_s = self.train_denoiser((mean, std), caption_ids)
         normalise_latents(vae, *channel_statistics(mean, std))
         pipe = PixArtAlphaPipeline(
-            tokenizer=self.tokenizer,
+            # A fresh tokenizer: the training one keeps its fixed padding, which save_pretrained would store.
+            tokenizer=build_tokenizer(),
             text_encoder=text_encoder,
             vae=vae,
             transformer=transformer,
@@ -289,6 +301,28 @@ class Trainer:
         timings = {f"{stage}_s": round(float(value), 1) for stage, value in seconds.items()}
         write_json_atomic(self.work / "timings.json", {"config": asdict(self.config), **timings})
         return timings
+
+
+def denoising_loss(
+    text_encoder: T5EncoderModel,
+    transformer: PixArtTransformer2DModel,
+    noisy: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    weight: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Weighted ε-prediction loss of one batch, text encoder included."""
+    text = text_encoder(ids, attention_mask=mask).last_hidden_state
+    prediction = transformer(
+        noisy,
+        encoder_hidden_states=text,
+        encoder_attention_mask=mask,
+        timestep=timesteps,
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    ).sample
+    return (weight * (prediction - noise).square().mean(dim=(1, 2, 3))).mean()
 
 
 def channel_statistics(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
