@@ -97,7 +97,13 @@ def test_stop_mid_generation_then_resume_gives_the_same_front(
 ) -> None:
     name = f"stopped-{int(signal_number)}"
     state = root / f"state-{name}"
-    process = subprocess.Popen(search_command(root, name), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        search_command(root, name),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        # A test run started in the background (`make test &`) passes SIGINT on ignored; Ctrl-C must land.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     archive = state / "archive.sqlite"
     deadline = time.monotonic() + 300
     evaluated = 0
