@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,8 @@ def test_grammar_sizes_and_held_out_split() -> None:
     # Held out are combinations, not words: every attribute value of a held-out caption is trained on.
     for field in ("shape", "colour", "count", "position", "background"):
         assert {getattr(c, field) for c in held_out} <= {getattr(c, field) for c in training}
+    layouts = Counter(caption.layout for caption in captions)
+    assert layouts == {"placed": 300, "1 anywhere": 60, "2 anywhere": 60, "3 anywhere": 60}
 
 
 @pytest.mark.parametrize(
@@ -203,3 +207,26 @@ def test_training_runs_and_resumes(tmp_path: Path) -> None:
     (image,) = _generate(pipe, ["a red circle"], seeds=[0], steps=2)
     assert image.size == (64, 64)
     assert (out / "README.md").read_text().startswith("# ecad-shapes")
+
+
+def test_sweep_judge_reports_accuracy_per_layout(tmp_path: Path) -> None:
+    script = [sys.executable, str(REPO / "scripts" / "embedded_sweep.py"), "judge", "--model", str(MODEL)]
+    env = {**os.environ, "COLUMNS": "200", "TERM": "dumb"}
+    sheet = tmp_path / "sheet.png"
+    judged = subprocess.run(
+        [*script, "--layout", "3 anywhere", "--seeds", "2", "--steps", "8", "--sheet", str(sheet)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )  # fmt: skip
+    assert judged.returncode == 0, judged.stderr
+    lines = judged.stdout.splitlines()
+    assert lines[0] == f"{MODEL}: held-out captions × 2 seeds, guidance 3, 8 steps"
+    assert [line.split()[0] for line in lines[1:3]] == ["all", "3"]
+    assert lines[1].split()[1] == lines[2].split()[2]  # one layout: its share is the whole
+    three_object_captions = sum(caption.count == 3 for caption in held_out_captions())
+    assert Image.open(sheet).size == (260 + 2 * 96, three_object_captions * 96)
+    unknown = subprocess.run(
+        [*script, "--layout", "4 anywhere"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+    )
+    assert unknown.returncode == 2
+    message = "--layout must be one of 1 anywhere, 2 anywhere, 3 anywhere, placed, got '4 anywhere'"
+    assert message in unknown.stderr

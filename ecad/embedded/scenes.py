@@ -75,6 +75,11 @@ class Caption:
         return " ".join(words)
 
     @property
+    def layout(self) -> str:
+        """How the objects are placed: at a named position, or this many of them in random cells."""
+        return "placed" if self.position is not None else f"{self.count} anywhere"
+
+    @property
     def held_out(self) -> bool:
         digest = hashlib.sha256(self.text.encode()).digest()
         return int.from_bytes(digest[:4], "big") % HELD_OUT_SHARE == 0
