@@ -172,5 +172,19 @@ def judge(
         typer.echo(f"wrote {sheet}")
 
 
+@app.command()
+def table(work: WorkOption) -> None:
+    """One row per finished variant: its settings that differ from the defaults and its accuracy."""
+    defaults = dataclasses.asdict(TrainConfig())
+    for path in sorted(work.glob("*/result.json")):
+        result = json.loads(path.read_text())
+        changed = {key: value for key, value in result.items() if key in defaults and defaults[key] != value}
+        scores = {key: f"{value:.1%}" for key, value in result.items() if key.startswith("correct_")}
+        for key, layouts in result.items():
+            if key.startswith("layouts_"):
+                scores[key] = " ".join(f"{layout} {share:.0%}" for layout, share in layouts.items())
+        typer.echo(f"{result['train_s']:>8.0f} s  {scores}  {changed}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded denoiser's recipe sweep on the device machine, variants side by side on one GPU. Prepare
 # with bench/gpu_wheels.sh here, then call the device tool's run with
-#     command: bash scripts/embedded_sweep_gpu.sh "lr=3e-3 steps=5000" "lr=5e-3 steps=5000" ...
+#     command: bash scripts/embedded_sweep_gpu.sh "lr=3e-3 steps=5000" "transformer_width=192" ...
 #     carry: [".whl", "runs/embedded/vae.pt"]      timeout_s: 600
 # Each argument is one variant's TrainConfig settings; the committed VAE is reused, the data re-rendered.
 set -uo pipefail

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 import re
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 
 from ecad.config import ModelConfig
-from ecad.embedded.components import build_tokenizer, grammar_words
+from ecad.embedded.components import build_tokenizer, build_transformer, grammar_words
 from ecad.embedded.judge import evaluate_judge, load_judge, parse_caption
 from ecad.embedded.scenes import (
     POSITIONS,
@@ -28,6 +30,7 @@ from ecad.embedded.scenes import (
     sample_scene,
     training_captions,
 )
+from ecad.embedded.training import TrainConfig
 from ecad.metrics import MissingWeightsError, get_metric
 from ecad.pipelines.loading import load_pipeline
 from ecad.search.prompts import read_prompts
@@ -187,6 +190,21 @@ def test_committed_model_draws_held_out_captions() -> None:
     assert image.size == (64, 64) and np.asarray(image).std() > 0
 
 
+def test_transformer_width_sets_heads_and_takes_the_text_width() -> None:
+    wide = build_transformer(layers=1, width=192)
+    assert wide.config.num_attention_heads == 6 and wide.config.cross_attention_dim == 192
+    text = torch.randn(2, 16, 128)  # the text encoder's width, projected to 192 inside
+    noise = wide(
+        torch.randn(2, 4, 16, 16),
+        encoder_hidden_states=text,
+        timestep=torch.tensor([1, 500]),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    ).sample
+    assert noise.shape == (2, 4, 16, 16)
+    with pytest.raises(ValueError, match="transformer width must be a multiple of 32, got 100"):
+        build_transformer(width=100)
+
+
 def test_training_runs_and_resumes(tmp_path: Path) -> None:
     out, work = tmp_path / "model", tmp_path / "work"
     command = [
@@ -230,3 +248,20 @@ def test_sweep_judge_reports_accuracy_per_layout(tmp_path: Path) -> None:
     assert unknown.returncode == 2
     message = "--layout must be one of 1 anywhere, 2 anywhere, 3 anywhere, placed, got '4 anywhere'"
     assert message in unknown.stderr
+
+
+def test_sweep_table_lists_changed_settings_and_scores(tmp_path: Path) -> None:
+    result = {
+        "variant": "lr-3e-3",
+        "train_s": 812.4,
+        **dataclasses.asdict(TrainConfig(lr=3e-3)),
+        "correct_g3": 0.875,
+        "layouts_g3": {"1 anywhere": 0.5, "placed": 1.0},
+    }
+    (tmp_path / "lr-3e-3").mkdir()
+    (tmp_path / "lr-3e-3" / "result.json").write_text(json.dumps(result))
+    script = [sys.executable, str(REPO / "scripts" / "embedded_sweep.py"), "table", "--work", str(tmp_path)]
+    listed = subprocess.run(script, capture_output=True, text=True, cwd=REPO, timeout=300, check=True)
+    assert listed.stdout.splitlines() == [
+        "     812 s  {'correct_g3': '87.5%', 'layouts_g3': '1 anywhere 50% placed 100%'}  {'lr': 0.003}"
+    ]

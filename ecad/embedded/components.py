@@ -16,6 +16,7 @@ TEXT_DIM = 128
 LATENT_CHANNELS = 4
 VAE_CHANNELS = (16, 32, 64)  # three blocks: 4x spatial downscale, 64² images ↔ 16² latents
 LATENT_SIZE = 16
+ATTENTION_HEAD_DIM = 32
 MAX_CAPTION_TOKENS = 16  # the longest grammar caption has 11 words plus </s>
 
 # Out-of-grammar prompts still tokenize, into characters, so every prompt gets an image. The PixArt
@@ -68,17 +69,19 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_transformer(layers: int = 8) -> PixArtTransformer2DModel:
-    """PixArt-α's block structure, 128 wide; predicts the noise only (no learned variance)."""
+def build_transformer(layers: int = 8, width: int = 128) -> PixArtTransformer2DModel:
+    """PixArt-α's block structure with heads of 32 channels; predicts the noise only (no learned variance)."""
+    if width % ATTENTION_HEAD_DIM:
+        raise ValueError(f"transformer width must be a multiple of {ATTENTION_HEAD_DIM}, got {width}")
     return PixArtTransformer2DModel(
         sample_size=LATENT_SIZE,
         num_layers=layers,
-        num_attention_heads=4,
-        attention_head_dim=32,
+        num_attention_heads=width // ATTENTION_HEAD_DIM,
+        attention_head_dim=ATTENTION_HEAD_DIM,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
         patch_size=2,
-        cross_attention_dim=TEXT_DIM,
+        cross_attention_dim=width,  # the caption is projected to the transformer's width first
         caption_channels=TEXT_DIM,
         norm_type="ada_norm_single",
         use_additional_conditions=False,

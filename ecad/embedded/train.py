@@ -67,8 +67,10 @@ def _megabytes(folder: Path) -> float:
 
 def model_card(config: TrainConfig, timings: dict[str, float], out: Path) -> str:
     total_min = sum(timings.values()) / 60
-    parameters = sum(p.numel() for p in build_transformer(config.transformer_layers).parameters())
-    transformer = f"`PixArtTransformer2DModel`, {config.transformer_layers} blocks × 128"
+    built = build_transformer(config.transformer_layers, config.transformer_width)
+    parameters = sum(p.numel() for p in built.parameters())
+    shape = f"{config.transformer_layers} blocks × {config.transformer_width}"
+    transformer = f"`PixArtTransformer2DModel`, {shape}"
     settings = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
     return f"""# ecad-shapes
 

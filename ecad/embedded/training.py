@@ -53,6 +53,7 @@ class TrainConfig:
     caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
     min_snr_gamma: float = 5.0
     transformer_layers: int = 8
+    transformer_width: int = 128
     checkpoint_every: int = 200
     device: str = "cpu"
     # Inductor fuses the many small element-wise kernels of this narrow model: 1.6× faster steps on
@@ -265,10 +266,11 @@ class Trainer:
         return ema["text_encoder"].cpu().eval(), ema["transformer"].cpu().eval(), elapsed
 
     def _denoiser(self) -> torch.nn.ModuleDict:
+        config = self.config
         return torch.nn.ModuleDict(
             {
                 "text_encoder": build_text_encoder(len(self.tokenizer)),
-                "transformer": build_transformer(self.config.transformer_layers),
+                "transformer": build_transformer(config.transformer_layers, config.transformer_width),
             }
         )
 
