@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import torch
 import typer
 from diffusers import PixArtAlphaPipeline
 from PIL import Image, ImageDraw
@@ -30,6 +29,7 @@ from ecad.embedded.judge import SceneMatchConfig, SceneMatchMetric
 from ecad.embedded.scenes import Caption, held_out_captions, training_captions
 from ecad.embedded.training import TrainConfig, Trainer, channel_statistics, normalise_latents
 from ecad.files import write_json_atomic
+from ecad.generation import EncodedPrompts, render
 from ecad.pipelines.tiny import pixart_scheduler
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -96,22 +96,12 @@ def _judged(
 ) -> tuple[list[Caption], list[Image.Image], list[float]]:
     """Each caption drawn with seeds 0..seeds-1, and whether the judge reads each image as correct."""
     pipe.set_progress_bar_config(disable=True)
+    encoded = EncodedPrompts.encode(pipe, "pixart_alpha", [caption.text for caption in captions])
+    indices = [index for index in range(len(captions)) for _ in range(seeds)]
+    images = render(pipe, encoded, indices, [i % seeds for i in range(len(indices))], steps, guidance, 64, 64)
+    asked = [captions[index] for index in indices]
     judge = SceneMatchMetric(SceneMatchConfig(score="correct"))
-    asked = [caption for caption in captions for _ in range(seeds)]
-    prompts = [caption.text for caption in asked]
-    generators = [torch.Generator(pipe.device).manual_seed(i % seeds) for i in range(len(prompts))]
-    with torch.no_grad():
-        images = pipe(
-            prompts,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=64,
-            width=64,
-            generator=generators,
-            use_resolution_binning=False,
-            clean_caption=False,
-        ).images
-    return asked, images, judge.score(images, prompts)
+    return asked, images, judge.score(images, [caption.text for caption in asked])
 
 
 def _correct_by_layout(asked: list[Caption], correct: list[float]) -> dict[str, float]:
