@@ -21,6 +21,8 @@ from ecad.config import ModelConfig
 from ecad.embedded.components import build_tokenizer, build_transformer, grammar_words
 from ecad.embedded.judge import evaluate_judge, load_judge, parse_caption
 from ecad.embedded.scenes import (
+    EVERY_CELL,
+    NAMED_CELLS,
     POSITIONS,
     Caption,
     all_captions,
@@ -87,6 +89,18 @@ def test_scenes_are_deterministic_and_truthful() -> None:
             assert first.background == caption.background
     assert Caption("square", "blue", 2, None, "gray").text == "two blue squares on a gray background"
     assert Caption("circle", "red", 1, "center").text == "a red circle in the center"
+
+
+def test_open_cells_bound_where_unplaced_objects_go() -> None:
+    three = Caption("triangle", "green", 3)
+    rng = random.Random(0)
+    named = Counter(cell for _ in range(300) for cell in sample_scene(three, rng, NAMED_CELLS).cells)
+    anywhere = Counter(cell for _ in range(300) for cell in sample_scene(three, rng).cells)
+    assert set(named) == set(NAMED_CELLS) == set(POSITIONS.values())
+    assert set(anywhere) == set(EVERY_CELL) and len(EVERY_CELL) == 9
+    assert TrainConfig().open_cells == "named"
+    with pytest.raises(ValueError, match=r"^open_cells must be one of \['named', 'every'\], got 'some'$"):
+        TrainConfig(open_cells="some")
 
 
 def test_prompt_sets_match_the_grammar() -> None:
@@ -182,9 +196,9 @@ def test_committed_model_draws_held_out_captions() -> None:
     prompts = [caption.text for caption in held_out_captions()[::3]]
     images = _generate(pipe, prompts, seeds=list(range(len(prompts))))
     scores = get_metric("scene_correct").score(images, prompts)
-    # A regression floor: the committed model gets 21 of these 23 right (docs/embedded.md has the whole
-    # held-out set); two spare for arithmetic that differs between CPUs.
-    assert sum(scores) >= 19, list(zip(prompts, scores, strict=True))
+    # A regression floor: the committed model gets 18 of these 23 right (docs/embedded.md has the whole
+    # held-out set, 88.4 % of 552 images); two spare for arithmetic that differs between CPUs.
+    assert sum(scores) >= 16, list(zip(prompts, scores, strict=True))
     # Any prompt gets an image, in or out of the grammar.
     (image,) = _generate(pipe, ["An astronaut riding a horse on the moon"], seeds=[0], steps=4)
     assert image.size == (64, 64) and np.asarray(image).std() > 0

@@ -3,7 +3,10 @@
 A caption comes from a small grammar — one to three objects of one shape and colour, an optional
 position (single objects), an optional background — and a scene is drawn from it deterministically
 given a seed. Objects sit in the cells of a 3 × 3 grid, so counts and positions are unambiguous for the
-judge. About a tenth of the captions are held out: training never sees them, evaluation uses only them.
+judge. Objects whose position the caption leaves open go to random cells: any of the nine (`EVERY_CELL`,
+the judge's scenes, so it can read any picture) or one of the five named positions (`NAMED_CELLS`, the
+embedded model's training scenes). About a tenth of the captions are held out: training never sees them,
+evaluation uses only them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ POSITIONS = {
     "bottom left": (2, 0),
     "bottom right": (2, 2),
 }
+EVERY_CELL = tuple((row, column) for row in range(GRID) for column in range(GRID))
+NAMED_CELLS = tuple(POSITIONS.values())
 HELD_OUT_SHARE = 10  # one caption in ten, chosen by a hash of its text
 
 
@@ -115,14 +120,15 @@ class Scene:
     offsets: tuple[tuple[float, float], ...]  # centre offset from the cell's centre, share of a cell
 
 
-def sample_scene(caption: Caption, rng: random.Random) -> Scene:
-    """A random scene that the caption truthfully describes."""
+def sample_scene(
+    caption: Caption, rng: random.Random, open_cells: tuple[tuple[int, int], ...] = EVERY_CELL
+) -> Scene:
+    """A random scene that the caption truthfully describes; unplaced objects take distinct `open_cells`."""
     background = caption.background or rng.choice(list(BACKGROUNDS))
-    every_cell = [(row, column) for row in range(GRID) for column in range(GRID)]
     if caption.position is not None:
         cells = [POSITIONS[caption.position]]
     else:
-        cells = rng.sample(every_cell, caption.count)
+        cells = rng.sample(open_cells, caption.count)
     sizes = tuple(rng.uniform(0.6, 0.8) for _ in cells)
     offsets = tuple((rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08)) for _ in cells)
     return Scene(caption, background, tuple(sorted(cells)), sizes, offsets)
@@ -150,12 +156,14 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def scenes(captions: list[Caption], seed: int) -> Iterator[tuple[Caption, Scene]]:
+def scenes(
+    captions: list[Caption], seed: int, open_cells: tuple[tuple[int, int], ...] = EVERY_CELL
+) -> Iterator[tuple[Caption, Scene]]:
     """An endless, reproducible stream of (caption, scene) pairs, captions drawn uniformly."""
     rng = random.Random(seed)
     while True:
         caption = rng.choice(captions)
-        yield caption, sample_scene(caption, rng)
+        yield caption, sample_scene(caption, rng, open_cells)
 
 
 def calibration_captions(count: int = 96, seed: int = 0) -> list[Caption]:
