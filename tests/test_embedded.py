@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -30,9 +31,10 @@ from ecad.embedded.scenes import (
     held_out_captions,
     render,
     sample_scene,
+    scenes,
     training_captions,
 )
-from ecad.embedded.training import TrainConfig
+from ecad.embedded.training import TrainConfig, Trainer
 from ecad.metrics import MissingWeightsError, get_metric
 from ecad.pipelines.loading import load_pipeline
 from ecad.search.prompts import read_prompts
@@ -91,13 +93,21 @@ def test_scenes_are_deterministic_and_truthful() -> None:
     assert Caption("circle", "red", 1, "center").text == "a red circle in the center"
 
 
-def test_open_cells_bound_where_unplaced_objects_go() -> None:
+def test_open_cells_bound_where_unplaced_objects_go(tmp_path: Path) -> None:
     three = Caption("triangle", "green", 3)
     rng = random.Random(0)
     named = Counter(cell for _ in range(300) for cell in sample_scene(three, rng, NAMED_CELLS).cells)
     anywhere = Counter(cell for _ in range(300) for cell in sample_scene(three, rng).cells)
     assert set(named) == set(NAMED_CELLS) == set(POSITIONS.values())
     assert set(anywhere) == set(EVERY_CELL) and len(EVERY_CELL) == 9
+    # The trainer renders its data with the configured cells.
+    trainer = Trainer(TrainConfig(images=12), tmp_path)
+    pixels, caption_ids, _ = trainer.dataset()
+    stream = scenes(trainer.captions, seed=0, open_cells=NAMED_CELLS)
+    drawn = list(itertools.islice(stream, 12))
+    expected = np.stack([np.asarray(render(scene)) for _, scene in drawn])
+    assert np.array_equal(pixels.permute(0, 2, 3, 1).numpy(), expected)
+    assert [trainer.captions[i] for i in caption_ids.tolist()] == [caption for caption, _ in drawn]
     assert TrainConfig().open_cells == "named"
     with pytest.raises(ValueError, match=r"^open_cells must be one of \['named', 'every'\], got 'some'$"):
         TrainConfig(open_cells="some")

@@ -42,6 +42,7 @@ POSITIONS = {
 }
 EVERY_CELL = tuple((row, column) for row in range(GRID) for column in range(GRID))
 NAMED_CELLS = tuple(POSITIONS.values())
+OPEN_CELLS = {"named": NAMED_CELLS, "every": EVERY_CELL}  # by name, for configs
 HELD_OUT_SHARE = 10  # one caption in ten, chosen by a hash of its text
 
 

@@ -29,7 +29,7 @@ from ecad.embedded.components import (
     build_transformer,
     build_vae,
 )
-from ecad.embedded.scenes import EVERY_CELL, NAMED_CELLS, render, scenes, training_captions
+from ecad.embedded.scenes import OPEN_CELLS, render, scenes, training_captions
 from ecad.files import write_json_atomic
 from ecad.pipelines.tiny import pixart_scheduler
 
@@ -66,9 +66,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.open_cells not in OPEN_CELLS:
             raise ValueError(f"open_cells must be one of {list(OPEN_CELLS)}, got {self.open_cells!r}")
-
-
-OPEN_CELLS = {"named": NAMED_CELLS, "every": EVERY_CELL}
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
