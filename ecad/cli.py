@@ -90,6 +90,12 @@ def search(
     text_tokens: Annotated[int | None, typer.Option(help="text tokens [the family's]")] = None,
     prompts: Annotated[str | None, typer.Option(help="prompt file or built-in set [imagereward-100]")] = None,
     prompt_limit: Annotated[int | None, typer.Option(help="use only the first N prompts")] = None,
+    validation_prompts: Annotated[
+        str | None, typer.Option(help="other prompts to re-score the front on; tiers are chosen there")
+    ] = None,
+    validation_prompt_limit: Annotated[
+        int | None, typer.Option(help="use only the first N validation prompts")
+    ] = None,
     images_per_prompt: Annotated[int | None, typer.Option(help="seeds 0..K-1 per prompt [2]")] = None,
     population: Annotated[int | None, typer.Option(help="NSGA-II population [24]")] = None,
     generations: Annotated[int | None, typer.Option(help="generations [10]")] = None,
@@ -120,7 +126,7 @@ def search(
     """Find a model's Pareto front of schedules (NSGA-II) and write its schedule registry."""
     flags = dict(locals())
     from ecad.config import ConfigError
-    from ecad.search import Search, load_search_config, prepare, write_outputs
+    from ecad.search import Search, load_search_config, prepare, searched_front, write_outputs
 
     overrides = {
         key: value
@@ -139,7 +145,11 @@ def search(
         setup = prepare(settings)
         runner = Search(setup, progress=progress)
         runner.run()
-        outcome = write_outputs(setup, runner.archive.all(), runner.baselines)
+        candidates = runner.archive.all()
+        validation = None
+        if setup.validation is not None:
+            validation = runner.validate(searched_front(setup, candidates)[1])
+        outcome = write_outputs(setup, candidates, runner.baselines, validation)
     except (ConfigError, ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
@@ -163,6 +173,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="images per pipeline call")] = 8,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
     out: Annotated[Path | None, typer.Option(help="report folder [the registry folder]")] = None,
+    progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
 ) -> None:
     """Re-score every front schedule on held-out prompts, beside no-cache, FORA N=2..5 and fewer steps."""
     import json as json_module
@@ -190,7 +201,7 @@ def evaluate(
             batch_size,
             threads,
         )
-        report = evaluate_registry(registry, setup, metrics)
+        report = evaluate_registry(registry, setup, metrics, progress)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None

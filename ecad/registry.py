@@ -82,6 +82,12 @@ class FrontPoint:
     quality_value: float | None = None
     latency_ms: float | None = None
     generation: int | None = None
+    validation_value: float | None = None  # the same metric on the search's validation prompts
+
+    @property
+    def tier_value(self) -> float | None:
+        """What the tier rule reads: the validation score where the search measured one."""
+        return self.quality_value if self.validation_value is None else self.validation_value
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,8 @@ class Registry:
 def assign_tiers(
     points: Sequence[FrontPoint], no_cache_value: float, rule: TierRule, higher_is_better: bool = True
 ) -> dict[str, str]:
-    """Tier → file by the tier rule; tiers that no point qualifies for are left out."""
+    """Tier → file by the tier rule on each point's `tier_value`; `no_cache_value` is the no-cache score
+    on the same prompts. Tiers that no point qualifies for are left out."""
     scale = abs(no_cache_value) or 1.0
     chosen: dict[str, str] = {}
     for tier in CACHED_TIERS:
@@ -129,10 +136,8 @@ def assign_tiers(
         eligible = [
             p
             for p in points
-            if p.quality_value is not None
-            and (
-                (no_cache_value - p.quality_value) if higher_is_better else (p.quality_value - no_cache_value)
-            )
+            if p.tier_value is not None
+            and ((no_cache_value - p.tier_value) if higher_is_better else (p.tier_value - no_cache_value))
             / scale
             <= ceiling
         ]
@@ -155,6 +160,7 @@ def point_for(file: str, schedule: Schedule) -> FrontPoint:
         quality_value=meta.quality_value,
         latency_ms=meta.latency_ms,
         generation=meta.generation,
+        validation_value=meta.validation_value,
     )
 
 
@@ -263,7 +269,13 @@ def load_registry(
             raise RegistryError(f"{front_path}: tiers.{tier}: {file!r} is not listed in points")
     chosen = dict(explicit)
     reference = front.get("reference") or {}
-    no_cache_value = reference.get("no_cache_value")
+    validated = "validation_no_cache_value" in reference
+    if validated and any(p.validation_value is None for p in points):
+        raise RegistryError(
+            f"{front_path}: reference has a validation_no_cache_value, "
+            "so every point needs a validation_value"
+        )
+    no_cache_value = reference.get("validation_no_cache_value" if validated else "no_cache_value")
     if isinstance(no_cache_value, int | float) and math.isfinite(no_cache_value):
         ruled = assign_tiers(points, float(no_cache_value), rule or TierRule())
         chosen = {**ruled, **explicit}

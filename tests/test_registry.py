@@ -39,6 +39,19 @@ def test_tier_rule_takes_the_cheapest_point_within_each_loss_ceiling() -> None:
     }
 
 
+def test_tier_rule_reads_validation_scores_where_measured() -> None:
+    # "c" looks lossless on the prompts the search selected it on, but loses 30 % on validation ones.
+    points = [
+        replace(point("a", 5.0, 0.99), validation_value=0.99),
+        replace(point("b", 4.0, 0.97), validation_value=0.96),
+        replace(point("c", 3.0, 1.0), validation_value=0.7),
+    ]
+    assert [p.tier_value for p in points] == [0.99, 0.96, 0.7]
+    assert assign_tiers(points, 1.0, TierRule()) == {"best": "a", "balanced": "b", "fast": "b"}
+    calibration_only = [replace(p, validation_value=None) for p in points]
+    assert assign_tiers(calibration_only, 1.0, TierRule()) == {"best": "c", "balanced": "c", "fast": "c"}
+
+
 def test_write_then_load_round_trip_with_explicit_tiers(tmp_path: Path) -> None:
     schedules = {f"fora_{every}.json": fora(PIXART, 20, every) for every in (2, 3, 4)}
     write_registry(

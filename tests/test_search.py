@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from ecad.config import ConfigError
 from ecad.models import get_adapter
-from ecad.registry import FRONT_FILE, load_registry
+from ecad.registry import FRONT_FILE, RegistryError, load_registry
 from ecad.schedule import load_schedule
 from ecad.search import load_search_config
 from ecad.search.archive import ArchivedCandidate
@@ -161,6 +162,87 @@ def test_resume_with_other_settings_is_refused(root: Path, uninterrupted: Path) 
     assert "was made with other settings (images_per_prompt)" in result.stderr
 
 
+def test_validation_prompts_rescore_the_front_and_pick_the_tiers(root: Path, uninterrupted: Path) -> None:
+    # Validation only re-scores the finished front, so a finished search takes it on --resume.
+    shutil.copytree(root / "state-plain", root / "state-validated")
+    validated = ["--validation-prompts", "partiprompts", "--validation-prompt-limit", "2"]
+    result = subprocess.run(
+        search_command(root, "validated", "--resume", *validated),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    registry = root / "registry-validated"
+    assert front_of(registry)[0] == front_of(uninterrupted)[0]  # the front itself is the search's
+    front = json.loads((registry / FRONT_FILE).read_text())
+    assert front["reference"] == {
+        "quality_metric": "ssim",
+        "no_cache_value": 1.0,
+        "validation_no_cache_value": 1.0,
+        "validation_prompts": "partiprompts",
+    }
+    points = front["points"]
+    unvalidated = json.loads((uninterrupted / FRONT_FILE).read_text())["points"]
+    assert {p["validation_value"] for p in unvalidated} == {None}
+    assert all(0.0 < p["validation_value"] < 1.0 for p in points)
+    assert [p["validation_value"] for p in points] != [p["quality_value"] for p in points]
+    # The tier rule on the validation scores: each tier is the cheapest point within its loss ceiling.
+    for tier, ceiling in (("best", 0.02), ("balanced", 0.05), ("fast", 0.10)):
+        eligible = [p for p in points if 1.0 - p["validation_value"] <= ceiling]
+        expected = min(eligible, key=lambda p: (p["tmacs"], p["file"]))["file"] if eligible else None
+        assert front["tiers"].get(tier) == expected
+        if expected is not None:  # a file serving several tiers records the mildest
+            assert load_schedule(registry / expected).metadata.tier in {
+                named for named, file in front["tiers"].items() if file == expected
+            }
+    for point in points:
+        assert load_schedule(registry / point["file"]).metadata.validation_value == point["validation_value"]
+    summary = (registry / "summary.md").read_text()
+    assert "| schedule | tier | ssim | validation | TMACs | MAC ratio | generation |" in summary
+    assert "re-scored on 2 other prompts (`partiprompts`)" in summary
+    assert "| baseline `no_cache` | exact | 1 | 1 |" in summary
+    # One validation archive, holding the front and the five baselines, each once.
+    (archive,) = (root / "state-validated").glob("validation-*.sqlite")
+    with sqlite3.connect(archive) as connection:
+        rows = connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    assert rows == len(points) + 5
+    # Without the written tiers the server's own tier rule decides, on the validation scores too.
+    (registry / FRONT_FILE).write_text(json.dumps({**front, "tiers": {}}))
+    served = load_registry(registry, model_id="tiny", family="pixart_alpha", steps=6)
+    for tier, file in front["tiers"].items():
+        assert served.tiers[tier].file == file
+    # A point without a validation score in a validated registry is an error naming the file.
+    points[0]["validation_value"] = None
+    (registry / FRONT_FILE).write_text(json.dumps(front))
+    with pytest.raises(RegistryError) as error:
+        load_registry(registry, model_id="tiny", family="pixart_alpha", steps=6)
+    assert str(error.value) == (
+        f"{registry / FRONT_FILE}: reference has a validation_no_cache_value, so every point needs a "
+        "validation_value"
+    )
+
+
+def test_validation_prompts_must_differ_from_the_search_prompts(root: Path) -> None:
+    result = subprocess.run(
+        search_command(
+            root, "overlap", "--validation-prompts", "drawbench-200", "--validation-prompt-limit", "5"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2
+    shared = min(read_prompts("drawbench-200", limit=3))  # the search's three prompts, first in sort order
+    # The last line: importing the model stack may log warnings first.
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: validation prompts must differ from the search's; 3 are in both, e.g. {shared!r}"
+    )
+    assert not (root / "state-overlap" / "archive.sqlite").exists()
+
+
 def test_bad_settings_name_the_key(tmp_path: Path) -> None:
     path = tmp_path / "search.yaml"
     path.write_text("model: tiny\npopulation: 2\ncost: seconds\nmetric: lpips\n")
@@ -237,6 +319,8 @@ def test_eval_rescores_the_front_with_baselines(root: Path, uninterrupted: Path)
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "eval.json").read_text())
+    rows = len(report["rows"])
+    assert "eval: 100%" in result.stderr and f" {rows}/{rows} " in result.stderr  # progress, one step a row
     assert report["resolution"] == [96, 96]
     assert report["metrics"] == ["ssim", "psnr"]
     kinds = [row["kind"] for row in report["rows"]]

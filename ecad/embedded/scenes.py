@@ -3,10 +3,10 @@
 A caption comes from a small grammar — one to three objects of one shape and colour, an optional
 position (single objects), an optional background — and a scene is drawn from it deterministically
 given a seed. Objects sit in the cells of a 3 × 3 grid, so counts and positions are unambiguous for the
-judge. Objects whose position the caption leaves open go to random cells: any of the nine (`EVERY_CELL`,
-the judge's scenes, so it can read any picture) or one of the five named positions (`NAMED_CELLS`, the
-embedded model's training scenes). About a tenth of the captions are held out: training never sees them,
-evaluation uses only them.
+judge. Objects whose position the caption leaves open go to random cells of a pool — any of the nine
+(`EVERY_CELL`, the judge's scenes, so it can read any picture) or the five named positions
+(`NAMED_CELLS`) — or to one fixed layout per count (`DIAGONAL`, the embedded model's training scenes).
+About a tenth of the captions are held out: training never sees them, evaluation uses only them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -40,9 +40,14 @@ POSITIONS = {
     "bottom left": (2, 0),
     "bottom right": (2, 2),
 }
-EVERY_CELL = tuple((row, column) for row in range(GRID) for column in range(GRID))
-NAMED_CELLS = tuple(POSITIONS.values())
-OPEN_CELLS = {"named": NAMED_CELLS, "every": EVERY_CELL}  # by name, for configs
+Cells = tuple[tuple[int, int], ...]
+EVERY_CELL: Cells = tuple((row, column) for row in range(GRID) for column in range(GRID))
+NAMED_CELLS: Cells = tuple(POSITIONS.values())
+# One layout per count on the main diagonal: no layout left to choose, and no two objects side by side.
+DIAGONAL: Mapping[int, Cells] = {1: ((1, 1),), 2: ((0, 0), (2, 2)), 3: ((0, 0), (1, 1), (2, 2))}
+# Where unplaced objects go: distinct random cells of a pool, or the fixed layout for their count.
+OpenCells = Cells | Mapping[int, Cells]
+OPEN_CELLS: dict[str, OpenCells] = {"diagonal": DIAGONAL, "named": NAMED_CELLS, "every": EVERY_CELL}
 HELD_OUT_SHARE = 10  # one caption in ten, chosen by a hash of its text
 
 
@@ -121,13 +126,24 @@ class Scene:
     offsets: tuple[tuple[float, float], ...]  # centre offset from the cell's centre, share of a cell
 
 
-def sample_scene(
-    caption: Caption, rng: random.Random, open_cells: tuple[tuple[int, int], ...] = EVERY_CELL
-) -> Scene:
-    """A random scene that the caption truthfully describes; unplaced objects take distinct `open_cells`."""
+def describe_open_cells(open_cells: OpenCells) -> str:
+    """Where `open_cells` puts unplaced objects, as a phrase for model cards."""
+    if isinstance(open_cells, Mapping):
+        names = {cell: name for name, cell in POSITIONS.items()}
+        layouts = "; ".join(
+            f"{count}: {' + '.join(names[cell] for cell in cells)}" for count, cells in open_cells.items()
+        )
+        return f"in one fixed layout per count ({layouts})"
+    return f"in random cells, {len(open_cells)} of the {GRID} × {GRID} grid's {GRID * GRID}"
+
+
+def sample_scene(caption: Caption, rng: random.Random, open_cells: OpenCells = EVERY_CELL) -> Scene:
+    """A random scene that the caption truthfully describes; unplaced objects go where `open_cells` says."""
     background = caption.background or rng.choice(list(BACKGROUNDS))
     if caption.position is not None:
         cells = [POSITIONS[caption.position]]
+    elif isinstance(open_cells, Mapping):
+        cells = list(open_cells[caption.count])
     else:
         cells = rng.sample(open_cells, caption.count)
     sizes = tuple(rng.uniform(0.6, 0.8) for _ in cells)
@@ -158,7 +174,7 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
 
 
 def scenes(
-    captions: list[Caption], seed: int, open_cells: tuple[tuple[int, int], ...] = EVERY_CELL
+    captions: list[Caption], seed: int, open_cells: OpenCells = EVERY_CELL
 ) -> Iterator[tuple[Caption, Scene]]:
     """An endless, reproducible stream of (caption, scene) pairs, captions drawn uniformly."""
     rng = random.Random(seed)
@@ -171,3 +187,11 @@ def calibration_captions(count: int = 96, seed: int = 0) -> list[Caption]:
     """The search's calibration set: a fixed sample of training captions, in grammar order."""
     chosen = set(random.Random(seed).sample(training_captions(), count))
     return [caption for caption in training_captions() if caption in chosen]
+
+
+def validation_captions(count: int = 64, seed: int = 1) -> list[Caption]:
+    """The search's validation set, on which tiers are chosen: training captions outside calibration."""
+    calibration = set(calibration_captions())
+    pool = [caption for caption in training_captions() if caption not in calibration]
+    chosen = set(random.Random(seed).sample(pool, count))
+    return [caption for caption in pool if caption in chosen]

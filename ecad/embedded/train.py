@@ -17,7 +17,7 @@ import typer
 
 from ecad.embedded.components import build_transformer
 from ecad.embedded.judge import JudgeTrainConfig, train_judge
-from ecad.embedded.scenes import OPEN_CELLS, all_captions, held_out_captions
+from ecad.embedded.scenes import OPEN_CELLS, all_captions, describe_open_cells, held_out_captions
 from ecad.embedded.training import TrainConfig, Trainer
 from ecad.files import write_text_atomic
 
@@ -72,7 +72,7 @@ def model_card(config: TrainConfig, timings: dict[str, float], out: Path) -> str
     shape = f"{config.transformer_layers} blocks × {config.transformer_width}"
     transformer = f"`PixArtTransformer2DModel`, {shape}"
     settings = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
-    cells = OPEN_CELLS[config.open_cells]
+    where = describe_open_cells(OPEN_CELLS[config.open_cells])
     return f"""# ecad-shapes
 
 The embedded default model of ecad-server: a small text-to-image PixArt-α pipeline (diffusers format)
@@ -84,8 +84,8 @@ Captions of the grammar in `ecad/embedded/scenes.py`: one to three **circles, sq
 coloured **red, green, blue, yellow or purple**; a single object may be placed **at the top left / top
 right / bottom left / bottom right** or **in the center**; an optional **white, black or gray
 background**. Examples: "a red circle", "two blue squares on a gray background", "a green triangle at the
-top left". Objects whose position the caption leaves open were drawn in random cells, {len(cells)} of the
-3 × 3 grid's nine (`open_cells: {config.open_cells}`).
+top left". Objects whose position the caption leaves open were drawn
+{where} (`open_cells: {config.open_cells}`).
 {len(all_captions())} captions in all; {len(held_out_captions())} are held out (never trained on) and used
 for evaluation. Prompts outside the grammar still produce an image, but it
 shows shapes only: the model has never seen anything else.
@@ -120,6 +120,8 @@ classifier-free guidance) and an EMA of the weights (decay {config.ema_decay}), 
 
 ## Limits
 - 64 × 64 pictures of flat shapes; nothing else. Upscaled images look soft.
+- Where a caption leaves the position open, the layout is the one it was trained on (above), whatever
+  the seed; only sizes, small offsets and an unnamed background vary.
 - Its quality is judged by `scene_match` / `scene_correct` (the judge in `models/ecad-shapes-judge`);
   see `docs/embedded.md` for the measured accuracy per tier.
 """

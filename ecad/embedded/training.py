@@ -40,9 +40,10 @@ class TrainConfig:
 
     seed: int = 0
     images: int = 24_000  # rendered once, encoded once, reused every epoch
-    # Where objects go when the caption names no position: "named", one of the five named positions
-    # (fewer layouts to choose among: the model's misses were extra objects there), or "every" grid cell.
-    open_cells: str = "named"
+    # Where objects go when the caption names no position (a key of OPEN_CELLS): "diagonal", one fixed
+    # layout per count (with random cells the model drew extra objects: see docs/embedded.md), or
+    # random cells among the five named positions ("named") or all nine ("every").
+    open_cells: str = "diagonal"
     vae_steps: int = 800
     vae_object_weight: float = 20.0  # objects cover a few percent of the pixels but carry the caption
     vae_batch: int = 32

@@ -21,6 +21,7 @@ class ScheduleMetadata:
     guidance_scale: float | None = None
     quality_metric: str | None = None
     quality_value: float | None = None
+    validation_value: float | None = None  # quality_metric on the search's validation prompts
     tier: str | None = None
     generation: int | None = None
     tmacs: float | None = None

@@ -34,6 +34,11 @@ class SearchConfig(BaseModel):
         default=None, description="prompt file or built-in set (default: calibration set)"
     )
     prompt_limit: int | None = Field(default=None, ge=1, description="use only the first N prompts")
+    validation_prompts: str | None = Field(
+        default=None,
+        description="prompts the front is re-scored on to assign tiers (default: the search's own scores)",
+    )
+    validation_prompt_limit: int | None = Field(default=None, ge=1, description="first N validation prompts")
     images_per_prompt: int = Field(
         default=2, ge=1, description="seeds 0..K-1, the same noise for every candidate"
     )
@@ -81,10 +86,15 @@ class SearchConfig(BaseModel):
         return self.state if self.state is not None else Path("runs") / f"search-{self.model}"
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint must agree on to be resumed (output places and worker layout may change)."""
+        """What a checkpoint must agree on to be resumed (output places, worker layout and the validation
+        set, which only re-scores the finished front, may change)."""
         return self.model_dump(
-            mode="json", exclude={"resume", "out", "state", "dask", "threads", "generations"}
-        )
+            mode="json",
+            exclude={
+                "resume", "out", "state", "dask", "threads", "generations",
+                "validation_prompts", "validation_prompt_limit",
+            },
+        )  # fmt: skip
 
 
 def load_search_config(path: Path | None, overrides: dict[str, Any]) -> SearchConfig:

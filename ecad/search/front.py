@@ -29,6 +29,7 @@ class SearchOutcome:
     no_cache_quality: float
     baselines: dict[str, ArchivedCandidate]
     registry: Path
+    validation: dict[str, ArchivedCandidate] | None = None  # by digest: front and baselines re-scored
 
 
 def pareto_front(candidates: list[ArchivedCandidate], higher_is_better: bool) -> list[ArchivedCandidate]:
@@ -41,15 +42,27 @@ def pareto_front(candidates: list[ArchivedCandidate], higher_is_better: bool) ->
     return sorted((candidates[int(i)] for i in first), key=lambda c: (c.tmacs, c.digest))
 
 
+def searched_front(
+    setup: SearchSetup, candidates: list[ArchivedCandidate]
+) -> tuple[list[ArchivedCandidate], list[ArchivedCandidate]]:
+    """The cached schedules the GA evaluated, and their Pareto front."""
+    searched = [c for c in candidates if c.generation >= 0 and not setup.schedule(c.bits, "x").is_no_cache]
+    return searched, pareto_front(searched, higher_is_better(setup.config.metric))
+
+
 def write_outputs(
-    setup: SearchSetup, candidates: list[ArchivedCandidate], baselines: dict[str, ArchivedCandidate]
+    setup: SearchSetup,
+    candidates: list[ArchivedCandidate],
+    baselines: dict[str, ArchivedCandidate],
+    validation: dict[str, ArchivedCandidate] | None = None,
 ) -> SearchOutcome:
-    """`candidates`: every archived evaluation; `baselines`: no-cache and FORA by schedule name."""
+    """`candidates`: every archived evaluation; `baselines`: no-cache and FORA by schedule name;
+    `validation`: the front and baselines re-scored on the validation prompts (`Search.validate`), by
+    digest, which the tier rule then reads instead of the search's own scores."""
     config, evaluation = setup.config, setup.evaluation
     better_high = higher_is_better(config.metric)
     reference = baselines["no_cache"]
-    searched = [c for c in candidates if c.generation >= 0 and not setup.schedule(c.bits, "x").is_no_cache]
-    front = pareto_front(searched, better_high)
+    searched, front = searched_front(setup, candidates)
 
     schedules: dict[str, Schedule] = {}
     for candidate in front:
@@ -62,13 +75,20 @@ def write_outputs(
             guidance_scale=evaluation.guidance,
             quality_metric=config.metric,
             quality_value=candidate.quality,
+            validation_value=None if validation is None else validation[candidate.digest].quality,
             generation=candidate.generation,
             tmacs=candidate.tmacs,
             latency_ms=candidate.latency_ms,
         )
         schedules[f"{name}.json"] = schedule
     points = [point_for(file, schedule) for file, schedule in schedules.items()]
-    tiers = assign_tiers(points, reference.quality, config.tier_rule, better_high)
+    recorded: dict[str, object] = {"quality_metric": config.metric, "no_cache_value": reference.quality}
+    tier_reference = reference.quality
+    if validation is not None:
+        tier_reference = validation[reference.digest].quality
+        recorded["validation_no_cache_value"] = tier_reference
+        recorded["validation_prompts"] = config.validation_prompts
+    tiers = assign_tiers(points, tier_reference, config.tier_rule, better_high)
     for tier, file in tiers.items():
         schedules[file].metadata = replace(schedules[file].metadata, tier=tier)
 
@@ -81,10 +101,12 @@ def write_outputs(
         model_id=setup.model.id,
         schedules=schedules,
         tiers=tiers,
-        reference={"quality_metric": config.metric, "no_cache_value": reference.quality},
+        reference=recorded,
         provenance="ecad search " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["search"] else sys.argv[1:]),
     )
-    outcome = SearchOutcome(list(schedules.items()), tiers, reference.quality, baselines, registry)
+    outcome = SearchOutcome(
+        list(schedules.items()), tiers, reference.quality, baselines, registry, validation
+    )
     plot_front(outcome, points, searched, setup, registry / PLOT_FILE)
     write_text_atomic(registry / SUMMARY_FILE, summary_table(outcome, points, setup))
     return outcome
@@ -94,6 +116,7 @@ def summary_table(outcome: SearchOutcome, points: list[FrontPoint], setup: Searc
     config, evaluation = setup.config, setup.evaluation
     tier_of = {file: tier for tier, file in outcome.tiers.items()}
     no_cache_tmacs = outcome.baselines["no_cache"].tmacs
+    validation, held = outcome.validation, setup.validation
     lines = [
         f"# Search result: {setup.model.id}",
         "",
@@ -101,21 +124,32 @@ def summary_table(outcome: SearchOutcome, points: list[FrontPoint], setup: Searc
         f"{evaluation.steps} steps, {evaluation.width}x{evaluation.height}, guidance {evaluation.guidance}, "
         f"population {config.population}, {config.generations} generations, seed {config.seed}. "
         f"Front file: `{FRONT_FILE}`; plot: `{PLOT_FILE}`.",
+    ]
+    if validation is not None and held is not None:
+        lines += [
+            "",
+            f"Tiers are assigned on the validation column: the front and the baselines re-scored on "
+            f"{len(held.prompts)} other prompts (`{config.validation_prompts}`) × the same seeds.",
+        ]
+    column = "" if validation is None else " validation |"
+    lines += [
         "",
-        f"| schedule | tier | {config.metric} | TMACs | MAC ratio | generation |",
-        "|---|---|---|---|---|---|",
+        f"| schedule | tier | {config.metric} |{column} TMACs | MAC ratio | generation |",
+        "|---|---|---|---|---|---|" + ("---|" if validation is not None else ""),
     ]
     for point in sorted(points, key=lambda p: -p.tmacs):
         tier = tier_of.get(point.file, "")
+        validated = "" if validation is None else f" {point.validation_value:.6g} |"
         lines.append(
-            f"| {point.file} | {tier} | {point.quality_value:.6g} | {point.tmacs:.4g} | "
+            f"| {point.file} | {tier} | {point.quality_value:.6g} |{validated} {point.tmacs:.4g} | "
             f"{point.macs_ratio:.2f}× | {point.generation} |"
         )
     for name, baseline in sorted(outcome.baselines.items(), key=lambda item: -item[1].tmacs):
         ratio = no_cache_tmacs / baseline.tmacs
+        validated = "" if validation is None else f" {validation[baseline.digest].quality:.6g} |"
         lines.append(
             f"| baseline `{name}` | {'exact' if name == 'no_cache' else ''} | "
-            f"{baseline.quality:.6g} | {baseline.tmacs:.4g} | {ratio:.2f}× | – |"
+            f"{baseline.quality:.6g} |{validated} {baseline.tmacs:.4g} | {ratio:.2f}× | – |"
         )
     return "\n".join(lines) + "\n"
 
@@ -142,22 +176,22 @@ def plot_front(
         label="evaluated candidates",
     )
     front = sorted(points, key=lambda p: p.macs_ratio)
-    axes.plot(
-        [p.macs_ratio for p in front],
-        [p.quality_value for p in front],
-        "o-",
-        color="tab:blue",
-        label="Pareto front",
-    )
+    ratios = [p.macs_ratio for p in front]
+    axes.plot(ratios, [p.quality_value for p in front], "o-", color="tab:blue", label="Pareto front")
+    validation = outcome.validation
+    if validation is not None:
+        validated = [p.validation_value for p in front]
+        label = "front on the validation prompts (tiers)"
+        axes.plot(ratios, validated, "o:", color="tab:purple", markerfacecolor="none", label=label)
+        no_cache = validation[outcome.baselines["no_cache"].digest].quality
+        axes.axhline(no_cache, color="tab:purple", linestyle=":", linewidth=0.8, label="no cache, validation")
     tiers_at: dict[str, list[str]] = {}
     for tier, file in outcome.tiers.items():
         tiers_at.setdefault(file, []).append(tier)
     for file, tiers in tiers_at.items():
         point = next(p for p in points if p.file == file)
         label = "/".join(sorted(tiers, key=["fast", "balanced", "best"].index))
-        axes.annotate(
-            label, (point.macs_ratio, point.quality_value), textcoords="offset points", xytext=(6, 6)
-        )
+        axes.annotate(label, (point.macs_ratio, point.tier_value), textcoords="offset points", xytext=(6, 6))
     fora = sorted(
         (b for name, b in outcome.baselines.items() if name.startswith("fora")), key=lambda b: -b.tmacs
     )

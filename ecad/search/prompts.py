@@ -12,6 +12,7 @@ BUILTIN = {
     "partiprompts": "PartiPrompts.tsv",
     "drawbench-200": "DrawBench200.txt",
     "shapes-calibration": "shapes-calibration.txt",
+    "shapes-validation": "shapes-validation.txt",
     "shapes-held-out": "shapes-held-out.txt",
 }
 

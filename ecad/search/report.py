@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ecad.config import ModelConfig
 from ecad.costs import schedule_cost
@@ -49,7 +50,9 @@ def front_schedules(registry: Path, family: str) -> list[tuple[Schedule, str | N
     ]
 
 
-def evaluate_registry(registry: Path, setup: EvaluationSetup, metrics: list[str]) -> EvalReport:
+def evaluate_registry(
+    registry: Path, setup: EvaluationSetup, metrics: list[str], progress: bool = True
+) -> EvalReport:
     evaluator = CandidateEvaluator(setup)
     scorers = {name: get_metric(name) for name in metrics}
     steps, architecture = setup.steps, evaluator.architecture
@@ -74,15 +77,16 @@ def evaluate_registry(registry: Path, setup: EvaluationSetup, metrics: list[str]
         ratio, speedup = no_cache_tmacs / tmacs, reference_ms / latency
         return ReportRow(name, kind, tier, run_steps, tmacs, ratio, latency, speedup, scores)
 
-    rows = [row("no_cache", "no_cache", "exact", None, steps)]
     front = front_schedules(registry, setup.model.family)
-    for schedule, tier in front:
-        rows.append(row(schedule.name, "front", tier, schedule, steps))
-    for every in range(2, 6):
-        rows.append(row(f"fora_every_{every}", "fora", None, fora(architecture, steps, every), steps))
-    fewer = sorted({max(1, round(steps / r.macs_ratio)) for r in rows if r.kind == "front"} - {steps})
-    for count in fewer:
-        rows.append(row(f"no_cache_{count}_steps", "fewer_steps", None, None, count))
+    plan: list[tuple[str, str, str | None, Schedule | None, int]] = [
+        ("no_cache", "no_cache", "exact", None, steps)
+    ]
+    plan += [(schedule.name, "front", tier, schedule, steps) for schedule, tier in front]
+    plan += [(f"fora_every_{n}", "fora", None, fora(architecture, steps, n), steps) for n in range(2, 6)]
+    # No-cache at the step count that matches each front point's MACs.
+    fewer = {max(1, round(steps * cost(schedule) / no_cache_tmacs)) for schedule, _ in front} - {steps}
+    plan += [(f"no_cache_{count}_steps", "fewer_steps", None, None, count) for count in sorted(fewer)]
+    rows = [row(*entry) for entry in tqdm(plan, desc="eval", unit="schedule", disable=not progress)]
     size = (setup.height, setup.width)
     return EvalReport(setup.model.id, len(setup.prompts), len(setup.seeds), size, metrics, rows)
 

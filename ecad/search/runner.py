@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,12 +45,14 @@ class ScheduleProblem(Problem):
 
 @dataclass
 class SearchSetup:
-    """What the driver derives from the config once: model, architecture, workload and evaluation setup."""
+    """What the driver derives from the config once: model, architecture, workload and evaluation setup
+    (and the same setup on the validation prompts, when the config names some)."""
 
     config: SearchConfig
     model: ModelConfig
     architecture: Architecture
     evaluation: EvaluationSetup
+    validation: EvaluationSetup | None = None
 
     @property
     def steps(self) -> int:
@@ -95,7 +97,17 @@ def prepare(config: SearchConfig) -> SearchSetup:
         measure_latency=config.cost == "latency",
         threads=config.threads,
     )
-    return SearchSetup(config, model, architecture, evaluation)
+    validation = None
+    if config.validation_prompts is not None:
+        held = read_prompts(config.validation_prompts, limit=config.validation_prompt_limit)
+        overlap = sorted(set(held) & set(prompts))
+        if overlap:
+            raise ValueError(
+                f"validation prompts must differ from the search's; {len(overlap)} are in both, "
+                f"e.g. {overlap[0]!r}"
+            )
+        validation = replace(evaluation, prompts=tuple(held))
+    return SearchSetup(config, model, architecture, evaluation, validation)
 
 
 def heuristic_seeds(architecture: Architecture, steps: int) -> list[Schedule]:
@@ -208,8 +220,18 @@ class Search:
     def checkpoint(self, state: SearchState) -> None:
         write_bytes_atomic(self.state_dir / CHECKPOINT, pickle.dumps(state))
 
-    def evaluate(self, pool: CandidatePool, genomes: np.ndarray, generation: int) -> list[ArchivedCandidate]:
-        """Archive hits first; the rest, deduplicated, on the workers; each result archived at once."""
+    def evaluate(
+        self,
+        pool: CandidatePool,
+        genomes: np.ndarray,
+        generation: int,
+        archive: Archive | None = None,
+        progress: str | None = None,
+    ) -> list[ArchivedCandidate]:
+        """Archive hits first; the rest, deduplicated, on the workers; each result archived at once.
+        `archive` is the search's own unless given (the validation scores keep theirs); `progress` names
+        a progress bar over the evaluations."""
+        archive = self.archive if archive is None else archive
         schedules = [
             self.setup.schedule(bits, f"gen_{generation:03d}_cand_{i:03d}") for i, bits in enumerate(genomes)
         ]
@@ -217,14 +239,16 @@ class Search:
         pending: dict[str, Schedule] = {}
         for schedule in schedules:
             digest = schedule.digest()
-            archived = self.archive.get(digest)
+            archived = archive.get(digest)
             if archived is not None:
                 results[digest] = archived
                 self.hits += 1
             else:
                 pending.setdefault(digest, schedule)
         order = list(pending.items())
-        for index, evaluation in pool.evaluate([(s.name, s.genome().numpy()) for _, s in order]):
+        evaluations = pool.evaluate([(s.name, s.genome().numpy()) for _, s in order])
+        shown = progress is not None and self.progress
+        for index, evaluation in tqdm(evaluations, total=len(order), desc=progress, disable=not shown):
             digest, schedule = order[index]
             candidate = ArchivedCandidate(
                 digest=digest,
@@ -234,7 +258,7 @@ class Search:
                 latency_ms=evaluation.latency_ms,
                 generation=generation,
             )
-            self.archive.add(candidate)
+            archive.add(candidate)
             results[digest] = candidate
             self.evaluated += 1
         return [results[schedule.digest()] for schedule in schedules]
@@ -289,6 +313,24 @@ class Search:
         genomes = np.array([s.genome().numpy() for s in schedules])
         scored = self.evaluate(pool, genomes, generation=-1)
         return {schedule.name: candidate for schedule, candidate in zip(schedules, scored, strict=True)}
+
+    def validate(self, front: list[ArchivedCandidate]) -> dict[str, ArchivedCandidate]:
+        """The front and the baselines re-scored on the validation prompts, by digest.
+
+        Calibration scores are what the GA selected on, so they flatter the front; the tier rule reads
+        these instead. Kept in their own archive, named by the validation setup, so a rerun re-scores
+        nothing it already has."""
+        validation = self.setup.validation
+        if validation is None:
+            raise ValueError("this search has no validation prompts")
+        archive = Archive(self.state_dir / f"validation-{validation.key()}.sqlite", self.archive.n_bits)
+        genomes = np.array([c.bits for c in front] + [b.bits for b in self.baselines.values()], dtype=bool)
+        try:
+            with open_pool(self.config.dask, validation) as pool:
+                scored = self.evaluate(pool, genomes, generation=-2, archive=archive, progress="validation")
+        finally:
+            archive.close()
+        return {candidate.digest: candidate for candidate in scored}
 
     def _fix_hv_frame(self, state: SearchState, minimised: np.ndarray) -> None:
         """Normalise by the first generation's spread, so hypervolume compares across generations."""
