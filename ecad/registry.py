@@ -270,10 +270,11 @@ def load_registry(
     chosen = dict(explicit)
     reference = front.get("reference") or {}
     validated = "validation_no_cache_value" in reference
-    if validated and any(p.validation_value is None for p in points):
+    if any((p.validation_value is None) == validated for p in points):
+        # A mix would measure validation scores against the calibration no-cache value, or the reverse.
         raise RegistryError(
-            f"{front_path}: reference has a validation_no_cache_value, "
-            "so every point needs a validation_value"
+            f"{front_path}: reference.validation_no_cache_value and a validation_value on every point "
+            "go together (all or none)"
         )
     no_cache_value = reference.get("validation_no_cache_value" if validated else "no_cache_value")
     if isinstance(no_cache_value, int | float) and math.isfinite(no_cache_value):

@@ -90,6 +90,33 @@ def test_rule_assigns_tiers_from_measured_quality(tmp_path: Path) -> None:
     assert strict.for_tier("best").file is None  # nothing is lossless: best runs exact
 
 
+def test_rule_reads_validation_scores_against_the_validation_no_cache_value(tmp_path: Path) -> None:
+    schedules = {}
+    for every, quality, validation in ((2, 0.99, 0.89), (3, 0.99, 0.87), (4, 0.80, 0.70)):
+        schedule = fora(PIXART, 20, every)
+        metadata = schedule.metadata
+        metadata.quality_metric, metadata.quality_value, metadata.validation_value = (
+            "clip",
+            quality,
+            validation,
+        )
+        schedules[f"fora_{every}.json"] = schedule
+    reference = {"quality_metric": "clip", "no_cache_value": 1.0, "validation_no_cache_value": 0.9}
+    write_registry(tmp_path, model_id="m", schedules=schedules, reference=reference)
+    registry = load_registry(tmp_path, model_id="m", family="pixart_alpha", steps=20)
+    # Against 0.9: fora_2 loses 1.1 %, fora_3 3.3 %, fora_4 22 %. Against 1.0 every loss would exceed 2 %.
+    assert registry.for_tier("best").file == "fora_2.json"
+    assert registry.for_tier("balanced").file == "fora_3.json"
+    assert registry.for_tier("fast").file == "fora_3.json"
+    document = json.loads((tmp_path / FRONT_FILE).read_text())
+    del document["reference"]["validation_no_cache_value"]
+    (tmp_path / FRONT_FILE).write_text(json.dumps(document))
+    with pytest.raises(
+        RegistryError, match=r"front\.json: reference\.validation_no_cache_value and a validation_value"
+    ):
+        load_registry(tmp_path, model_id="m", family="pixart_alpha", steps=20)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [

@@ -18,7 +18,7 @@ import pytest
 from ecad.config import ConfigError
 from ecad.models import get_adapter
 from ecad.registry import FRONT_FILE, RegistryError, load_registry
-from ecad.schedule import load_schedule
+from ecad.schedule import fora, load_schedule, no_cache
 from ecad.search import load_search_config
 from ecad.search.archive import ArchivedCandidate
 from ecad.search.front import pareto_front
@@ -204,10 +204,13 @@ def test_validation_prompts_rescore_the_front_and_pick_the_tiers(root: Path, uni
     assert "re-scored on 2 other prompts (`partiprompts`)" in summary
     assert "| baseline `no_cache` | exact | 1 | 1 |" in summary
     # One validation archive, holding the front and the five baselines, each once.
+    architecture = load_schedule(registry / points[0]["file"]).architecture
+    baselines = [no_cache(architecture, 6)] + [fora(architecture, 6, every) for every in range(2, 6)]
+    expected = {p["digest"] for p in points} | {schedule.digest() for schedule in baselines}
     (archive,) = (root / "state-validated").glob("validation-*.sqlite")
     with sqlite3.connect(archive) as connection:
-        rows = connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-    assert rows == len(points) + 5
+        archived = [row[0] for row in connection.execute("SELECT digest FROM evaluations")]
+    assert sorted(archived) == sorted(expected)
     # Without the written tiers the server's own tier rule decides, on the validation scores too.
     (registry / FRONT_FILE).write_text(json.dumps({**front, "tiers": {}}))
     served = load_registry(registry, model_id="tiny", family="pixart_alpha", steps=6)
@@ -219,8 +222,8 @@ def test_validation_prompts_rescore_the_front_and_pick_the_tiers(root: Path, uni
     with pytest.raises(RegistryError) as error:
         load_registry(registry, model_id="tiny", family="pixart_alpha", steps=6)
     assert str(error.value) == (
-        f"{registry / FRONT_FILE}: reference has a validation_no_cache_value, so every point needs a "
-        "validation_value"
+        f"{registry / FRONT_FILE}: reference.validation_no_cache_value and a validation_value on every "
+        "point go together (all or none)"
     )
 
 

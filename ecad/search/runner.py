@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pkl"
 ARCHIVE = "archive.sqlite"
+# Archive generations of evaluations outside the GA (a searched candidate's is its generation, ≥ 0).
+BASELINE_GENERATION = -1
+VALIDATION_GENERATION = -2
 
 
 class ScheduleProblem(Problem):
@@ -192,7 +195,6 @@ class Search:
         self.archive = Archive(self.state_dir / ARCHIVE, n_bits)
         self.progress = progress
         self.hits = 0
-        self.evaluated = 0
         self.baselines: dict[str, ArchivedCandidate] = {}
         self.quality_higher_is_better = higher_is_better(self.config.metric)
 
@@ -260,7 +262,6 @@ class Search:
             )
             archive.add(candidate)
             results[digest] = candidate
-            self.evaluated += 1
         return [results[schedule.digest()] for schedule in schedules]
 
     def objectives(
@@ -311,7 +312,7 @@ class Search:
             fora(self.setup.architecture, self.setup.steps, n) for n in range(2, 6) if n < self.setup.steps
         ]
         genomes = np.array([s.genome().numpy() for s in schedules])
-        scored = self.evaluate(pool, genomes, generation=-1)
+        scored = self.evaluate(pool, genomes, generation=BASELINE_GENERATION)
         return {schedule.name: candidate for schedule, candidate in zip(schedules, scored, strict=True)}
 
     def validate(self, front: list[ArchivedCandidate]) -> dict[str, ArchivedCandidate]:
@@ -323,11 +324,15 @@ class Search:
         validation = self.setup.validation
         if validation is None:
             raise ValueError("this search has no validation prompts")
-        archive = Archive(self.state_dir / f"validation-{validation.key()}.sqlite", self.archive.n_bits)
+        # Named by what decides the scores (not the worker's thread count), so a rerun finds it.
+        name = f"validation-{replace(validation, threads=None).key()}.sqlite"
+        archive = Archive(self.state_dir / name, self.archive.n_bits)
         genomes = np.array([c.bits for c in front] + [b.bits for b in self.baselines.values()], dtype=bool)
         try:
             with open_pool(self.config.dask, validation) as pool:
-                scored = self.evaluate(pool, genomes, generation=-2, archive=archive, progress="validation")
+                scored = self.evaluate(
+                    pool, genomes, VALIDATION_GENERATION, archive=archive, progress="validation"
+                )
         finally:
             archive.close()
         return {candidate.digest: candidate for candidate in scored}
