@@ -145,11 +145,9 @@ def search(
         setup = prepare(settings)
         runner = Search(setup, progress=progress)
         runner.run()
-        candidates = runner.archive.all()
-        validation = None
-        if setup.validation is not None:
-            validation = runner.validate(searched_front(setup, candidates)[1])
-        outcome = write_outputs(setup, candidates, runner.baselines, validation)
+        searched, front = searched_front(setup, runner.archive.all())
+        validation = runner.validate(front) if setup.validation is not None else None
+        outcome = write_outputs(setup, searched, front, runner.baselines, validation)
     except (ConfigError, ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None

@@ -183,15 +183,18 @@ def scenes(
         yield caption, sample_scene(caption, rng, open_cells)
 
 
+def _sample_in_order(pool: list[Caption], count: int, seed: int) -> list[Caption]:
+    chosen = set(random.Random(seed).sample(pool, count))
+    return [caption for caption in pool if caption in chosen]
+
+
 def calibration_captions(count: int = 96, seed: int = 0) -> list[Caption]:
     """The search's calibration set: a fixed sample of training captions, in grammar order."""
-    chosen = set(random.Random(seed).sample(training_captions(), count))
-    return [caption for caption in training_captions() if caption in chosen]
+    return _sample_in_order(training_captions(), count, seed)
 
 
 def validation_captions(count: int = 64, seed: int = 1) -> list[Caption]:
-    """The search's validation set, on which tiers are chosen: training captions outside calibration."""
+    """The search's validation set, on which tiers are chosen: a fixed sample of the training captions
+    outside the (default) calibration set, in grammar order."""
     calibration = set(calibration_captions())
-    pool = [caption for caption in training_captions() if caption not in calibration]
-    chosen = set(random.Random(seed).sample(pool, count))
-    return [caption for caption in pool if caption in chosen]
+    return _sample_in_order([c for c in training_captions() if c not in calibration], count, seed)

@@ -52,17 +52,17 @@ def searched_front(
 
 def write_outputs(
     setup: SearchSetup,
-    candidates: list[ArchivedCandidate],
+    searched: list[ArchivedCandidate],
+    front: list[ArchivedCandidate],
     baselines: dict[str, ArchivedCandidate],
     validation: dict[str, ArchivedCandidate] | None = None,
 ) -> SearchOutcome:
-    """`candidates`: every archived evaluation; `baselines`: no-cache and FORA by schedule name;
+    """`searched` and `front`: from `searched_front`; `baselines`: no-cache and FORA by schedule name;
     `validation`: the front and baselines re-scored on the validation prompts (`Search.validate`), by
     digest, which the tier rule then reads instead of the search's own scores."""
     config, evaluation = setup.config, setup.evaluation
     better_high = higher_is_better(config.metric)
     reference = baselines["no_cache"]
-    searched, front = searched_front(setup, candidates)
 
     schedules: dict[str, Schedule] = {}
     for candidate in front:
