@@ -78,7 +78,9 @@ def search(
     config: Annotated[
         Path | None, typer.Option("--config", help="search.yaml; flags override its keys")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="id of a model entry of --models-config")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="id of a model entry of --models-config [its first]")
+    ] = None,
     models_config: Annotated[
         Path | None, typer.Option(help="file with the `models:` list [config.yaml]")
     ] = None,
@@ -104,7 +106,9 @@ def search(
         list[str] | None, typer.Option(help="metric option KEY=VALUE (repeatable)")
     ] = None,
     cost: Annotated[str | None, typer.Option(help="macs or latency [macs]")] = None,
-    out: Annotated[Path | None, typer.Option(help="registry folder [schedules/<model>]")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="registry folder [the model's, as the server reads it]")
+    ] = None,
     state: Annotated[Path | None, typer.Option(help="checkpoint folder [runs/search-<model>]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the search in --state")] = False,
     seed: Annotated[int | None, typer.Option(help="GA random seed [0]")] = None,

@@ -100,3 +100,35 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data
+
+
+def resolve_paths(model: ModelConfig, root: Path) -> ModelConfig:
+    """The entry with its relative paths resolved against `root`, the folder of the file naming it:
+    `schedules` always; `source` and `transformer` when such a folder exists there (a local folder
+    like ./models/ecad-shapes wins over a hub id of that name)."""
+    updates: dict[str, Any] = {}
+    if model.schedules is not None and not model.schedules.is_absolute():
+        updates["schedules"] = root / model.schedules
+    for key in ("source", "transformer"):
+        value = getattr(model, key)
+        if value is not None and not Path(value).is_absolute() and (root / value).is_dir():
+            updates[key] = str(root / value)
+    return model.model_copy(update=updates)
+
+
+def read_models(path: str | Path) -> list[ModelConfig]:
+    """The `models:` list of a config file, validated, with paths resolved against the file's folder."""
+    path = Path(path)
+    entries = read_yaml(path).get("models")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: models: expected a non-empty list of model entries")
+    root = path.resolve().parent
+    models = []
+    for index, entry in enumerate(entries):
+        try:
+            models.append(resolve_paths(ModelConfig.model_validate(entry), root))
+        except ValidationError as error:
+            raise ConfigError(
+                f"{path}:\n{format_validation_error(error, prefix=f'models.{index}')}"
+            ) from None
+    return models

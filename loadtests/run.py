@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import yaml
 from locust.env import Environment
 
 from loadtests.locustfile import BURST_SIZE, ImageUser
-from server.launcher import RunningServer, launch
+from server.launcher import RunningServer, launch, served_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,17 +48,6 @@ def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile: an observed latency, never an interpolation between two."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def served_config(path: Path) -> dict[str, Any]:
-    """config.yaml as served by the launcher, which writes it into a scratch folder: registries that the
-    file leaves implicit (`schedules/<id>` beside it) and local model folders are made absolute."""
-    config = yaml.safe_load(path.read_text())
-    for model in config["models"]:
-        model["schedules"] = str((path.parent / model.get("schedules", f"schedules/{model['id']}")).resolve())
-        if (path.parent / model["source"]).is_dir():
-            model["source"] = str((path.parent / model["source"]).resolve())
-    return config
 
 
 def drive(server: RunningServer, users: int, duration_s: float, max_requests: int | None) -> Results:

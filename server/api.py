@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import litserve as ls
 import torch
+import transformers
+from tqdm import tqdm
 
 from ecad.cache import CacheEngine
 from ecad.config import ModelConfig
@@ -69,6 +73,11 @@ class ImageWorkerAPI(ls.LitAPI):
         self.state = StateDir(state_dir)
 
     def setup(self, device: str) -> None:
+        # tqdm's default lock is a multiprocessing semaphore; LitServe ends workers without running
+        # their finalizers, so it would be reported leaked at shutdown. One process needs a thread lock.
+        tqdm.set_lock(threading.RLock())
+        diffusers.utils.logging.disable_progress_bar()  # loading bars in the server log are noise
+        transformers.utils.logging.disable_progress_bar()
         # The model's own device wins over LitServe's pick: each model names where it runs.
         self.pipe = load_pipeline(self.model)
         architecture = architecture_of(self.pipe.transformer, self.model.family)

@@ -34,6 +34,8 @@ class Channel:
         self.deadline_s = deadline_s
         self.request = request  # None: disconnects are noticed by the response's own cancellation
         self.worker_pid: int | None = None
+        # The worker has sent its last message for this request: nothing is left to cancel.
+        self.worker_done = False
 
     async def next(self) -> dict[str, Any]:
         while True:
@@ -44,6 +46,8 @@ class Channel:
             if message["event"] == "started":
                 self.worker_pid = message["pid"]
                 continue
+            if message["event"] in ("done", "error"):
+                self.worker_done = True
             if message["event"] == "error":
                 status = message["status"]
                 if status == 504:
@@ -58,6 +62,8 @@ class Channel:
         if not queue:
             return None
         data, status = queue.popleft()
+        if status in (LitAPIStatus.ERROR, LitAPIStatus.FINISH_STREAMING):
+            self.worker_done = True
         if status == LitAPIStatus.ERROR:
             raise errors.internal("The inference worker failed.")
         if status == LitAPIStatus.FINISH_STREAMING:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -35,23 +36,37 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _drain_then_stop(owner: int, state: StateDir, gateway: Gateway, drain_s: float, *_: object) -> None:
+@dataclass
+class _Shutdown:
     """SIGTERM: refuse new requests (503, `/readyz` 503), let in-flight ones finish for up to `drain_s`,
     then stop the way LitServe shuts down, on KeyboardInterrupt (a plain SIGTERM would orphan its
-    processes). Forked API servers inherit this handler; when LitServe stops them they just exit."""
-    if os.getpid() != owner:
-        sys.exit(0)
-    if state.is_draining():
-        return
-    state.start_draining()
+    processes). A second SIGTERM stops at once. Forked API servers inherit the handler; when LitServe
+    stops them they just exit."""
 
-    def wait_and_stop() -> None:
-        deadline = time.monotonic() + drain_s
-        while gateway.in_flight() > 0 and time.monotonic() < deadline:
+    owner: int
+    state: StateDir
+    gateway: Gateway
+    drain_s: float
+    draining: bool = False
+
+    def __call__(self, *_: object) -> None:
+        if os.getpid() != self.owner:
+            sys.exit(0)
+        if self.draining:
+            self._stop()
+            return
+        self.draining = True
+        self.state.start_draining()
+        threading.Thread(target=self._drain, name="drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.drain_s
+        while self.gateway.in_flight() > 0 and time.monotonic() < deadline:
             time.sleep(0.1)
-        os.kill(owner, signal.SIGINT)  # a real signal wakes the main thread; interrupt_main() would not
+        self._stop()
 
-    threading.Thread(target=wait_and_stop, name="drain", daemon=True).start()
+    def _stop(self) -> None:
+        os.kill(self.owner, signal.SIGINT)  # a real signal wakes the main thread; interrupt_main() would not
 
 
 def _load(config: Path) -> AppConfig:
@@ -79,10 +94,18 @@ def serve(
     logging.basicConfig(
         level=server_config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    temporary = server_config.state_dir is None
     state = StateDir(server_config.state_dir or Path(tempfile.mkdtemp(prefix="ecad-serve-")))
-    state.create()
-    for stale in state.prometheus.glob("*.db"):
-        stale.unlink()
+    try:
+        state.start_run()
+        _serve(app_config, state)
+    finally:
+        if temporary:
+            shutil.rmtree(state.root, ignore_errors=True)
+
+
+def _serve(app_config: AppConfig, state: StateDir) -> None:
+    server_config = app_config.server
     # Before anything imports prometheus_client, in this process and (inherited) in every child.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(state.prometheus)
     from server.app import build_server
@@ -92,8 +115,7 @@ def serve(
     except (RegistryError, OSError) as error:
         raise _fail(str(error)) from None
     typer.echo(f"state folder: {state.root}", err=True)
-    drain = functools.partial(_drain_then_stop, os.getpid(), state, gateway, server_config.deadline_s)
-    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGTERM, _Shutdown(os.getpid(), state, gateway, server_config.deadline_s))
     # The drain ends by sending SIGINT to this process. A shell starts background jobs (`ecad serve &`,
     # nohup) with SIGINT ignored, and Python then leaves it ignored: SIGTERM would never finish.
     signal.signal(signal.SIGINT, signal.default_int_handler)

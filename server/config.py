@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from ecad.config import ConfigError, ModelConfig, format_validation_error, read_yaml
+from ecad.config import ConfigError, ModelConfig, format_validation_error, read_yaml, resolve_paths
 from ecad.registry import TierRule
 
 CachedTier = Literal["fast", "balanced", "best"]
@@ -32,6 +32,9 @@ class AuthConfig(BaseModel):
 
     api_keys_env: str = Field(default="ECAD_API_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     api_keys_file: Path | None = None
+    # `GET /metrics` needs a key too (Prometheus then sends `authorization: Bearer …`). Off by
+    # default: scrapers usually reach pods on a private network, and probes stay open regardless.
+    protect_metrics: bool = False
 
 
 class AutoConfig(BaseModel):
@@ -51,6 +54,8 @@ class UrlConfig(BaseModel):
 
     enabled: bool = True
     ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    # Disk the kept images may use; the oldest go first beyond it.
+    max_bytes: int = Field(default=256 * 2**20, ge=2**20)
 
 
 class ServerConfig(BaseModel):
@@ -152,14 +157,7 @@ def load_config(path: str | Path) -> AppConfig:
         auth.api_keys_file = root / auth.api_keys_file
     if config.server.state_dir is not None and not config.server.state_dir.is_absolute():
         config.server.state_dir = root / config.server.state_dir
-    for model in config.models:
-        if model.schedules is not None and not model.schedules.is_absolute():
-            model.schedules = root / model.schedules
-        # A local folder next to the config (e.g. ./models/ecad-shapes) wins over a hub id of that name.
-        for key in ("source", "transformer"):
-            value = getattr(model, key)
-            if value is not None and not Path(value).is_absolute() and (root / value).is_dir():
-                setattr(model, key, str(root / value))
+    config.models = [resolve_paths(model, root) for model in config.models]
     return config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -12,6 +13,13 @@ SERVER_ERROR = "server_error"
 RATE_LIMIT = "rate_limit_error"
 # The SDK gives up on retries when Retry-After exceeds this, so we never advertise more.
 MAX_RETRY_AFTER_S = 120
+
+
+class OpenAIJSONResponse(JSONResponse):
+    """JSON with non-ASCII characters escaped: a body always encodes, whatever text a message quotes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 class ApiError(Exception):
@@ -36,7 +44,7 @@ class ApiError(Exception):
         headers = dict(self.headers)
         if request_id:
             headers["x-request-id"] = request_id
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return OpenAIJSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def invalid(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
@@ -59,6 +67,7 @@ def unauthorized() -> ApiError:
         401,
         "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
         code="invalid_api_key",
+        headers={"www-authenticate": "Bearer"},
     )
 
 
@@ -71,7 +80,18 @@ def not_found(message: str) -> ApiError:
 
 
 def payload_too_large(limit: int) -> ApiError:
-    return ApiError(413, f"Request body exceeds {limit} bytes.", code="payload_too_large")
+    # The rest of the body is not read, so this connection cannot carry another request.
+    return ApiError(
+        413, f"Request body exceeds {limit} bytes.", code="payload_too_large", headers={"connection": "close"}
+    )
+
+
+def unsupported_media_type(expected: str) -> ApiError:
+    # Also what keeps a web page from POSTing here cross-origin: a form or `text/plain` body is
+    # refused, and `application/json` needs a CORS preflight this server never grants.
+    return ApiError(
+        415, f"The request body must be sent as Content-Type: {expected}.", code="unsupported_media_type"
+    )
 
 
 def rate_limited(retry_after_s: int) -> ApiError:

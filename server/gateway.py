@@ -12,7 +12,6 @@ import hmac
 import json
 import logging
 import math
-import multiprocessing as mp
 import secrets
 import time
 import uuid
@@ -29,6 +28,8 @@ from pydantic import ValidationError
 from ecad.config import ModelConfig
 from ecad.registry import EXACT, Registry
 from server import errors, metrics
+from server.admission import Admission, ModelQueue
+from server.body import read_json_object
 from server.channel import Channel, ClientDisconnectedError
 from server.config import AppConfig, parse_size, size_error
 from server.protocol import ImageGenerationRequest, Job
@@ -65,13 +66,27 @@ def request_id_of(request: Request) -> str:
 
 @dataclass
 class ModelRuntime:
-    """What the API processes know about one served model. `in_flight` is shared by all of them."""
+    """What the API processes know about one served model. `queue` is shared by all of them."""
 
     config: ModelConfig
     registry: Registry
     api_path: str
-    in_flight: Any = field(default_factory=lambda: mp.Value("i", 0))
+    queue: ModelQueue
     latency: LatencyModel = field(default_factory=LatencyModel)
+
+
+@dataclass
+class Outcome:
+    """How one images request ended, counted in `ecad_requests_total` exactly once."""
+
+    model: str = "unknown"
+    tier: str = "none"
+    counted: bool = False
+
+    def record(self, status: str) -> None:
+        if not self.counted:
+            self.counted = True
+            metrics.REQUESTS.labels(model=self.model, tier=self.tier, status=status).inc()
 
 
 @dataclass
@@ -84,22 +99,6 @@ class Plan:
     steps: int
     guidance_scale: float
     seeds: tuple[int, ...]
-
-
-class Admission:
-    """A slot in a model's bounded queue; `release` is idempotent so every exit path may call it."""
-
-    def __init__(self, runtime: ModelRuntime) -> None:
-        self.runtime = runtime
-        self.held = True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            with self.runtime.in_flight.get_lock():
-                self.runtime.in_flight.value -= 1
-                depth = self.runtime.in_flight.value
-            metrics.QUEUE_DEPTH.labels(model=self.runtime.config.id).set(depth)
 
 
 class Gateway:
@@ -128,21 +127,6 @@ class Gateway:
         token = token.strip()
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, key) for key in self.keys):
             raise errors.unauthorized()
-
-    async def read_json(self, request: Request) -> Any:
-        limit = self.server_config.max_payload_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise errors.payload_too_large(limit)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise errors.payload_too_large(limit)
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise errors.invalid(None, "The request body is not valid JSON.", code="invalid_json") from None
 
     def resolve_model(self, name: str | None) -> ModelRuntime:
         if name is None or name in OPENAI_MODEL_NAMES:
@@ -205,64 +189,73 @@ class Gateway:
             tier: runtime.latency.estimate_ms(runtime.registry.for_tier(tier).macs_ratio, params.n)
             for tier in ("best", "balanced", "fast")
         }
-        wait = runtime.latency.wait_ms(runtime.in_flight.value, runtime.config.workers_per_device)
+        wait_s = runtime.queue.wait_s() or 0.0
         return choose_auto_tier(
             idle_tier=auto.idle_tier,
             objective_ms=auto.latency_objective_ms,
-            wait_ms=wait,
+            wait_ms=wait_s * 1000,
             estimate_ms=estimates,
         )
 
     def admit(self, runtime: ModelRuntime) -> Admission:
         if self.state.is_draining():
             raise errors.shutting_down()
-        with runtime.in_flight.get_lock():
-            depth = runtime.in_flight.value
-            if depth >= self.server_config.max_queue:
-                wait_ms = runtime.latency.wait_ms(depth, runtime.config.workers_per_device)
-                raise errors.rate_limited(math.ceil(wait_ms / 1000))
-            runtime.in_flight.value = depth + 1
-        metrics.QUEUE_DEPTH.labels(model=runtime.config.id).set(depth + 1)
-        return Admission(runtime)
+        return runtime.queue.admit()
 
     def in_flight(self) -> int:
         """Requests admitted and not finished, over every model and API process."""
-        return sum(runtime.in_flight.value for runtime in self.models.values())
+        return sum(runtime.queue.depth for runtime in self.models.values())
 
     def deadline_s(self, request: Request) -> float:
         """The server deadline, shortened (never extended) by the client's `x-ecad-deadline-ms`."""
         deadline_s = self.server_config.deadline_s
-        header = request.headers.get(DEADLINE_HEADER, "")
-        if header:
-            try:
-                deadline_s = min(deadline_s, max(0.001, float(header) / 1000))
-            except ValueError:
-                raise errors.invalid(None, f"{DEADLINE_HEADER} must be a number of milliseconds.") from None
-        return deadline_s
+        header = request.headers.get(DEADLINE_HEADER)
+        if header is None:
+            return deadline_s
+        try:
+            milliseconds = float(header)
+        except ValueError:
+            milliseconds = math.nan
+        if not (math.isfinite(milliseconds) and milliseconds > 0):
+            raise errors.invalid(
+                None, f"{DEADLINE_HEADER} must be a positive, finite number of milliseconds, got {header!r}."
+            )
+        return min(deadline_s, milliseconds / 1000)
 
     # -- the endpoint ---------------------------------------------------------------------------
     async def generate(self, request: Request) -> Response:
+        outcome = Outcome()
+        try:
+            return await self._generate(request, outcome)
+        except Exception:
+            # Answered here rather than by the error boundary so that the 500 is counted too.
+            logger.exception("unhandled error in an images request")
+            outcome.record("500")
+            return errors.internal().response(request_id_of(request))
+
+    async def _generate(self, request: Request, outcome: Outcome) -> Response:
         request_id = request_id_of(request)
-        labels = {"model": "unknown", "tier": "none"}
         try:
             self.authorize(request)
-            raw = await self.read_json(request)
-            if not isinstance(raw, dict):
-                raise errors.invalid(None, "The request body must be a JSON object.")
+            raw = await read_json_object(request, self.server_config.max_payload_bytes)
             try:
                 params = ImageGenerationRequest.model_validate(raw)
             except ValidationError as error:
                 raise errors.from_validation_error(error) from None
             runtime = self.resolve_model(params.model)
-            labels["model"] = runtime.config.id
+            outcome.model = runtime.config.id
             plan = self.plan(params, runtime)
-            labels["tier"] = plan.tier
+            outcome.tier = plan.tier
             deadline_s = self.deadline_s(request)
             admission = self.admit(runtime)
         except errors.ApiError as error:
-            metrics.REQUESTS.labels(**labels, status=str(error.status)).inc()
+            outcome.record(str(error.status))
             return error.response(request_id)
-        return await self._run(request, params, plan, admission, deadline_s)
+        try:
+            return await self._run(request, params, plan, admission, deadline_s, outcome)
+        except BaseException:
+            admission.release()  # idempotent: the conversation may have released it already
+            raise
 
     async def _run(
         self,
@@ -271,6 +264,7 @@ class Gateway:
         plan: Plan,
         admission: Admission,
         deadline_s: float,
+        outcome: Outcome,
     ) -> Response:
         request_id = request_id_of(request)
         runtime = plan.model
@@ -299,18 +293,23 @@ class Gateway:
         )
         self.queues[runtime.api_path].put((self.spec.response_queue_id, uid, started, job))
         channel = Channel(item, job.deadline, deadline_s, None if params.stream else request)
-        conversation = _Conversation(self, plan, params, job, channel, admission, request_id, started)
+        conversation = _Conversation(
+            self, plan, params, job, channel, admission, outcome, request_id, started
+        )
         try:
-            first = await channel.next()
-        except (errors.ApiError, ClientDisconnectedError) as error:
-            return conversation.fail(error)
-        if params.stream:
-            return StreamingResponse(
-                conversation.events(first),
-                media_type="text/event-stream",
-                headers={"x-request-id": request_id, "cache-control": "no-cache", **conversation.headers()},
-            )
-        return await conversation.collect(first, str(request.base_url))
+            try:
+                first = await channel.next()
+            except (errors.ApiError, ClientDisconnectedError) as error:
+                return conversation.fail(error)
+            if params.stream:
+                headers = {"x-request-id": request_id, "cache-control": "no-cache", **conversation.headers()}
+                return StreamingResponse(
+                    conversation.events(first), media_type="text/event-stream", headers=headers
+                )
+            return await conversation.collect(first, str(request.base_url))
+        except Exception:
+            conversation.close("500")
+            raise
 
 
 class _Conversation:
@@ -324,14 +323,15 @@ class _Conversation:
         job: Job,
         channel: Channel,
         admission: Admission,
+        outcome: Outcome,
         request_id: str,
         started: float,
     ) -> None:
         self.gateway, self.plan, self.params, self.job = gateway, plan, params, job
-        self.channel, self.admission, self.request_id, self.started = channel, admission, request_id, started
+        self.channel, self.admission, self.outcome = channel, admission, outcome
+        self.request_id, self.started = request_id, started
         self.tier = plan.model.registry.for_tier(plan.tier)
         self.labels = {"model": job.model, "tier": plan.tier}
-        self.finished = False
         self.closed = False
 
     def headers(self) -> dict[str, str]:
@@ -344,9 +344,11 @@ class _Conversation:
         self.closed = True
         self.admission.release()
         self.gateway.spec.response_buffer.pop(self.job.uid, None)
-        if not self.finished:
-            self.gateway.state.cancel(self.job.uid)
-        metrics.REQUESTS.labels(**self.labels, status=status).inc()
+        # A worker still on the job stops it at the mark and deletes the mark then (StateDir.cancel
+        # sweeps stragglers); past the deadline it stops by itself, without one.
+        if not self.channel.worker_done and status != "504":
+            self.gateway.state.cancel(self.job.uid, self.gateway.server_config.deadline_s)
+        self.outcome.record(status)
 
     def fail(self, error: Exception) -> Response:
         if isinstance(error, ClientDisconnectedError):
@@ -357,7 +359,6 @@ class _Conversation:
         return error.response(self.request_id)
 
     def succeed(self, report: dict[str, Any]) -> None:
-        self.finished = True
         elapsed = time.monotonic() - self.started
         metrics.REQUEST_LATENCY.labels(**self.labels, schedule=self.tier.name).observe(elapsed)
         self.plan.model.latency.observe(
@@ -426,7 +427,7 @@ class _Conversation:
             return {"b64_json": b64}
         url_config = self.gateway.server_config.url_responses
         image_id = self.gateway.state.store_image(
-            base64.b64decode(b64), self.params.output_format, url_config.ttl_s
+            base64.b64decode(b64), self.params.output_format, url_config.ttl_s, url_config.max_bytes
         )
         return {"url": f"{base_url.rstrip('/')}/v1/images/{image_id}"}
 

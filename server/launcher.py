@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import yaml
 
+from server.config import load_config
+
 ECAD = Path(sys.executable).parent / "ecad"
 START_TIMEOUT_S = 150
 
@@ -71,6 +73,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def served_config(path: Path) -> dict[str, Any]:
+    """A config file as `launch` serves it from its scratch folder: read the way `ecad serve` reads it
+    (relative paths resolved against the file's folder), with each model's registry folder explicit."""
+    config = load_config(path)
+    for model in config.models:
+        model.schedules = config.registry_dir(model)
+    return config.model_dump(mode="json", exclude_none=True)
 
 
 def launch(config: dict[str, Any], folder: Path, api_key: str | None = None) -> RunningServer:

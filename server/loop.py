@@ -72,6 +72,9 @@ class GroupingLoop(LitLoop):
                 if closes_at is None:
                     continue
                 break
+            except (EOFError, OSError):
+                # The queue's manager process is gone: the server is shutting down.
+                raise _StopLoopError() from None
             if item == _SENTINEL_VALUE:
                 raise _StopLoopError()
             response_queue_id, uid, _timestamp, job = item
@@ -95,6 +98,7 @@ class GroupingLoop(LitLoop):
         for jobs in groups.values():
             self._run(lit_api, jobs, emit)
             for job in jobs:
+                lit_api.state.forget(job.uid)
                 self.put_response(
                     transport,
                     routes[job.uid],

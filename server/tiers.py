@@ -49,31 +49,20 @@ def choose_auto_tier(
 
 @dataclass
 class LatencyModel:
-    """Per-process running estimates for one model, from completed requests.
-
-    `exact_ms_per_image` is the generation time of one image at no-cache cost, learned from any tier by
-    scaling with that tier's MACs ratio (no-cache MACs / tier MACs, i.e. its theoretical speed-up);
-    `service_ms` is the mean time a request occupies a worker.
-    """
+    """Per-process running estimate for one model, from completed requests: the generation time of
+    one image at no-cache cost, learned from any tier by scaling with that tier's MACs ratio (no-cache
+    MACs / tier MACs, i.e. its theoretical speed-up). Queue wait comes from `ModelQueue.wait_s`."""
 
     alpha: float = 0.2
     exact_ms_per_image: float | None = None
-    service_ms: float | None = None
 
     def observe(self, *, generation_ms: float, images: int, macs_ratio: float) -> None:
         per_image = generation_ms / max(1, images) * macs_ratio
-        self.exact_ms_per_image = self._blend(self.exact_ms_per_image, per_image)
-        self.service_ms = self._blend(self.service_ms, generation_ms)
-
-    def _blend(self, old: float | None, new: float) -> float:
-        return new if old is None else (1 - self.alpha) * old + self.alpha * new
+        old = self.exact_ms_per_image
+        blended = per_image if old is None else (1 - self.alpha) * old + self.alpha * per_image
+        self.exact_ms_per_image = blended
 
     def estimate_ms(self, macs_ratio: float, images: int) -> float | None:
         if self.exact_ms_per_image is None:
             return None
         return self.exact_ms_per_image / max(macs_ratio, 1e-3) * images
-
-    def wait_ms(self, queued: int, workers: int) -> float:
-        if self.service_ms is None:
-            return 0.0
-        return queued * self.service_ms / max(1, workers)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+# In-process tests of server modules record Prometheus series; multiprocess mode needs a folder.
+# Served processes get their own (`ecad serve` sets it before anything imports prometheus_client).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ecad-test-prometheus-"))
 
 from server.launcher import RunningServer, launch
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from ecad.config import ModelConfig, format_validation_error
 from ecad.pipelines.loading import ModelLoadError, load_pipeline
-from tests.helpers import FAMILIES, build_pipeline, generate
+from tests.helpers import FAMILIES, assert_same_pipeline, build_pipeline
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -19,9 +18,7 @@ def test_local_folder_loads_the_same_pipeline(family: str, tmp_path: Path) -> No
     original.save_pretrained(tmp_path / "pipe")
     loaded = load_pipeline(ModelConfig(id="m", family=family, source=str(tmp_path / "pipe")))
     assert type(loaded) is type(original)
-    assert np.array_equal(
-        generate(loaded, family, ["a red circle"], [1]), generate(original, family, ["a red circle"], [1])
-    )
+    assert_same_pipeline(loaded, original, family, ["a red circle"], [1])
 
 
 def test_separate_transformer_folder(tmp_path: Path) -> None:
@@ -37,8 +34,7 @@ def test_separate_transformer_folder(tmp_path: Path) -> None:
         )
     )
     base.transformer = other.transformer
-    expected = generate(base, "pixart_alpha", ["two blue squares"], [2])
-    assert np.array_equal(generate(loaded, "pixart_alpha", ["two blue squares"], [2]), expected)
+    assert_same_pipeline(loaded, base, "pixart_alpha", ["two blue squares"], [2])
 
 
 def test_random_tiny_source_and_dtype() -> None:

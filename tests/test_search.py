@@ -34,8 +34,9 @@ models:
     steps: 6
     default_size: 64x64
 """
+# No --model: the search takes the models config's first (and only) entry.
 SEARCH = [
-    "--model", "tiny", "--prompts", "drawbench-200", "--prompt-limit", "3", "--images-per-prompt", "1",
+    "--prompts", "drawbench-200", "--prompt-limit", "3", "--images-per-prompt", "1",
     "--population", "8", "--generations", "3", "--metric", "ssim", "--threads", "1", "--no-progress",
 ]  # fmt: skip
 

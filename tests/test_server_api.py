@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from PIL import Image
@@ -54,6 +55,9 @@ EXPECTED_SCHEDULE = {
     "exact": "no_cache",
 }
 ECHO = {"fast": "low", "balanced": "medium", "best": "high", "exact": "high"}
+# Alone vs batched at the model's render size (docs/server.md, "Reproducibility").
+BATCH_LEVELS = 1
+BATCH_PIXEL_SHARE = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -121,16 +125,25 @@ def test_n3_gives_three_different_images(client: openai.OpenAI) -> None:
     assert seeds == [seeds[0], seeds[0] + 1, seeds[0] + 2]
 
 
+def pixels(b64: str | None) -> np.ndarray:
+    return np.asarray(decode(b64 or ""), dtype=np.int16)
+
+
 def test_fixed_seed_reproduces_alone_and_batched(client: openai.OpenAI) -> None:
+    """The guarantee (docs/server.md): the same request gives the same bytes; in a batch, the same image
+    up to one 8-bit level on a few pixels (kernels differ by batch shape; measured with
+    bench/batch_invariance.py: at most 1 level, on at most 0.04 % of pixels)."""
     first = client.images.generate(prompt="a lighthouse", size="64x64", extra_body={"seed": 1234})
     again = client.images.generate(prompt="a lighthouse", size="64x64", extra_body={"seed": 1234})
     assert first.data[0].b64_json == again.data[0].b64_json
     other = client.images.generate(prompt="a lighthouse", size="64x64", extra_body={"seed": 1235})
-    assert other.data[0].b64_json != first.data[0].b64_json
+    assert np.abs(pixels(other.data[0].b64_json) - pixels(first.data[0].b64_json)).max() > 16
     # Image i of a request uses seed + i: image 1 of a batch of 3 from 1233 is the lone 1234 image.
     batch = client.images.generate(prompt="a lighthouse", size="64x64", n=3, extra_body={"seed": 1233})
     assert batch.model_extra["x_ecad"]["batch_images"] == 3
-    assert batch.data[1].b64_json == first.data[0].b64_json
+    gap = np.abs(pixels(batch.data[1].b64_json) - pixels(first.data[0].b64_json))
+    assert gap.max() <= BATCH_LEVELS
+    assert (gap > 0).any(axis=-1).mean() <= BATCH_PIXEL_SHARE
 
 
 def test_extensions_are_applied_and_reported(client: openai.OpenAI) -> None:
@@ -422,3 +435,5 @@ def test_disconnected_client_stops_the_generation(client: openai.OpenAI, server:
     assert len(follow_up.data) == 1
     # Only the follow-up's image was generated: the abandoned run stopped between denoising steps.
     assert metric_value(server, images) == images_before + 1
+    # The worker deleted the cancel mark when it ended the abandoned job, before taking the next.
+    assert list((server.log.parent / "state" / "cancel").iterdir()) == []

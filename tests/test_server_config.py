@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from ecad.config import ConfigError
+from ecad.search.config import SearchConfig, find_model
 from server.config import load_config
-from server.launcher import ECAD
+from server.launcher import ECAD, served_config
 from tests.server_harness import server_config
 
 
@@ -96,3 +97,31 @@ def test_serve_refuses_bad_config_and_mismatched_registry(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "front.json" in result.stderr
     assert "20" in result.stderr
+
+
+def test_serve_search_and_load_test_resolve_relative_paths_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One resolver: relative paths in a models config resolve against that file's folder, whatever the
+    working directory and whichever command reads it."""
+    (tmp_path / "weights" / "m").mkdir(parents=True)
+    models = [
+        {"id": "m", "family": "pixart_alpha", "source": "weights/m", "schedules": "regs/m"},
+        {"id": "hub", "family": "flux", "source": "black-forest-labs/FLUX.1-dev"},
+    ]
+    path = write(tmp_path, {"models": models})
+    monkeypatch.chdir(tmp_path.parent)
+    served = load_config(path)
+    searched = [
+        find_model(SearchConfig(models_config=path)),
+        find_model(SearchConfig(model="hub", models_config=path)),
+    ]
+    tested = served_config(path)["models"]
+    assert [m.source for m in served.models] == [m.source for m in searched] == [t["source"] for t in tested]
+    assert served.models[0].source == str(tmp_path / "weights" / "m")
+    assert served.models[1].source == "black-forest-labs/FLUX.1-dev"  # no such folder: a hub id
+    assert served.models[0].schedules == searched[0].schedules == tmp_path / "regs" / "m"
+    assert [Path(t["schedules"]) for t in tested] == [tmp_path / "regs" / "m", tmp_path / "schedules" / "hub"]
+    with pytest.raises(ConfigError) as caught:
+        find_model(SearchConfig(model="other", models_config=path))
+    assert str(caught.value) == f"{path}: no model with id 'other' (known: m, hub)"

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from server.launcher import ECAD, RunningServer, free_port
+from server.launcher import ECAD, RunningServer, free_port, launch
 from tests.server_harness import server_config
 
 
@@ -57,6 +58,10 @@ def test_killed_worker_fails_request_then_server_recovers(server: RunningServer)
             pending.result()
     assert caught.value.status_code == 500
     assert caught.value.code == "worker_crashed"
+    counted = httpx.get(f"{server.base_url}/metrics").text
+    assert re.search(
+        r'^ecad_requests_total\{model="ecad-tiny",status="500",tier="exact"\} 1\.0$', counted, re.M
+    )
     # Documented aftermath: LitServe starts a new worker; /readyz is 503 until it is ready.
     (replacement,) = server.ready_workers()
     assert replacement["pid"] != worker["pid"]
@@ -100,13 +105,41 @@ def test_sigterm_drains_then_stops_every_server_process(start_server: Callable[.
     while subprocess.run(["pgrep", "-g", str(group)], capture_output=True, check=False).returncode == 0:
         assert time.monotonic() < deadline, "server processes outlived the SIGTERM"
         time.sleep(0.1)
-    assert "Traceback" not in server.log_text()
+    log = server.log_text()
+    for noise in ("Traceback", "Warning", "leaked semaphore"):
+        assert noise not in log
+
+
+def test_restart_on_a_kept_state_dir_serves_and_stops(start_server: Callable[..., RunningServer]) -> None:
+    """Kubernetes keeps an emptyDir across container restarts: what one run left must not stop the next."""
+    first = start_server(server_config(), api_key=None)
+    state = first.log.parent / "state"
+    client = openai.OpenAI(base_url=f"{first.base_url}/v1", api_key="x", max_retries=0)
+    client.images.generate(prompt="first run", size="64x64")
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(timeout=60) == 0
+    assert (state / "draining").exists()  # what the restart must clear
+    (state / "cancel" / "stale-request").touch()
+    second = launch(yaml.safe_load((first.log.parent / "config.yaml").read_text()), first.log.parent)
+    try:
+        assert not (state / "draining").exists()
+        assert list((state / "cancel").iterdir()) == []
+        assert [int(path.name) for path in (state / "workers").iterdir()] == [
+            worker["pid"] for worker in second.ready_workers()
+        ]
+        client = openai.OpenAI(base_url=f"{second.base_url}/v1", api_key="x", max_retries=0)
+        assert client.images.generate(prompt="second run", size="64x64").data[0].b64_json
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(timeout=60) == 0
+    finally:
+        second.stop()
 
 
 def test_sigterm_stops_a_server_started_with_sigint_ignored(tmp_path: Path) -> None:
     """A shell starts background jobs (`ecad serve &`, nohup) with SIGINT ignored; the drain ends with a
-    SIGINT to the main process, which must still stop it."""
-    config = {**server_config(), "server": {"state_dir": str(tmp_path / "state")}}
+    SIGINT to the main process, which must still stop it. With no `state_dir` the server works in a
+    temporary folder, which it removes when it stops."""
+    config = {**server_config(), "server": {}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     with (tmp_path / "server.log").open("wb") as sink:
@@ -122,11 +155,17 @@ def test_sigterm_stops_a_server_started_with_sigint_ignored(tmp_path: Path) -> N
     try:
         server.ready_workers()
         group = os.getpgid(process.pid)
+        match = re.search(r"^state folder: (.+)$", server.log_text(), re.M)
+        assert match is not None
+        state = Path(match[1])
+        assert state.parent == Path(tempfile.gettempdir())
+        assert (state / "workers").is_dir()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         deadline = time.monotonic() + 30
         while subprocess.run(["pgrep", "-g", str(group)], capture_output=True, check=False).returncode == 0:
             assert time.monotonic() < deadline, "server processes outlived the SIGTERM"
             time.sleep(0.1)
+        assert not state.exists()
     finally:
         server.stop()

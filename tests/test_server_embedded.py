@@ -8,12 +8,11 @@ from collections.abc import Callable
 
 import openai
 import pytest
-import yaml
 from PIL import Image
 
 from ecad.metrics import get_metric
 from server.config import load_config
-from server.launcher import RunningServer
+from server.launcher import RunningServer, served_config
 from tests.server_harness import ROOT
 
 
@@ -27,12 +26,20 @@ def test_default_config_serves_the_embedded_model() -> None:
 
 
 @pytest.fixture(scope="module")
-def client(start_server: Callable[..., RunningServer]) -> openai.OpenAI:
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    (model,) = config["models"]
-    model["source"] = str(ROOT / model["source"])
-    server = start_server(config)
+def server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    return start_server(served_config(ROOT / "config.yaml"))
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_start_up_log_is_quiet(server: RunningServer) -> None:
+    """Loading real weights from a folder: no deprecation warnings, no progress bars."""
+    log = server.log_text()
+    for noise in ("Warning", "torch_dtype", "Loading pipeline components", "Traceback"):
+        assert noise not in log
 
 
 def _image(b64: str | None) -> Image.Image:

@@ -42,4 +42,3 @@ def test_latency_model_scales_by_macs_ratio() -> None:
     model.observe(generation_ms=500, images=1, macs_ratio=2.0)  # a 2× schedule took 500 ms
     assert model.estimate_ms(1.0, 1) == 1000
     assert model.estimate_ms(4.0, 2) == 500
-    assert model.wait_ms(queued=4, workers=2) == 1000

@@ -75,16 +75,14 @@ def load_pipeline(config: ModelConfig) -> Any:
         pipe = build_random_pipeline(config)
     else:
         cls = getattr(diffusers, config.adapter.pipeline_class)
-        kwargs: dict[str, Any] = {"torch_dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype}
         if config.transformer is not None:
             transformer_class = getattr(diffusers, config.adapter.transformer_class)
             source = config.transformer
             # A local folder may be the transformer itself or a whole pipeline holding one.
             nested = not _is_local(source) or (Path(source).expanduser() / "transformer").is_dir()
             subfolder = {"subfolder": "transformer"} if nested else {}
-            kwargs["transformer"] = _from_pretrained(
-                transformer_class, source, torch_dtype=dtype, **subfolder
-            )
+            kwargs["transformer"] = _from_pretrained(transformer_class, source, dtype=dtype, **subfolder)
         pipe = _from_pretrained(cls, config.source, **kwargs)
     # `.to(dtype)` on an already-matching pipeline only warns; move what differs.
     pipe = pipe.to(config.device) if pipe.dtype == dtype else pipe.to(config.device, dtype)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ecad.config import ConfigError, ModelConfig, format_validation_error, read_yaml
+from ecad.config import ConfigError, ModelConfig, format_validation_error, read_models, read_yaml
 from ecad.metrics import available_metrics
 from ecad.registry import TierRule
 
@@ -20,7 +20,9 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="id of a model entry in the models config")
+    model: str | None = Field(
+        default=None, description="id of a model entry in the models config (default: its first)"
+    )
     models_config: Path = Field(
         default=Path("config.yaml"), description="file whose `models:` list holds --model"
     )
@@ -47,7 +49,9 @@ class SearchConfig(BaseModel):
     metric: str = "fidelity"
     metric_options: dict[str, Any] = Field(default_factory=dict)
     cost: Literal["macs", "latency"] = "macs"
-    out: Path | None = Field(default=None, description="registry folder (default: schedules/<model>)")
+    out: Path | None = Field(
+        default=None, description="registry folder (default: where the server reads the model's)"
+    )
     state: Path | None = Field(
         default=None, description="checkpoint and archive folder (default: runs/search-<model>)"
     )
@@ -79,9 +83,6 @@ class SearchConfig(BaseModel):
                 raise ValueError(f"'local:N' needs a positive worker count, got {value!r}")
         return value
 
-    def registry_dir(self) -> Path:
-        return self.out if self.out is not None else Path("schedules") / self.model
-
     def state_dir(self) -> Path:
         return self.state if self.state is not None else Path("runs") / f"search-{self.model}"
 
@@ -107,17 +108,12 @@ def load_search_config(path: Path | None, overrides: dict[str, Any]) -> SearchCo
 
 
 def find_model(config: SearchConfig) -> ModelConfig:
-    data = read_yaml(config.models_config)
-    entries = data.get("models")
-    if not isinstance(entries, list):
-        raise ConfigError(f"{config.models_config}: models: expected a list of model entries")
-    for index, entry in enumerate(entries):
-        if isinstance(entry, dict) and entry.get("id") == config.model:
-            try:
-                return ModelConfig.model_validate(entry)
-            except ValidationError as error:
-                raise ConfigError(
-                    f"{config.models_config}:\n{format_validation_error(error, prefix=f'models.{index}')}"
-                ) from None
-    known = ", ".join(str(entry.get("id")) for entry in entries if isinstance(entry, dict))
+    """The searched model's entry (`model`, or the first of the models config), paths resolved."""
+    models = read_models(config.models_config)
+    if config.model is None:
+        return models[0]
+    for model in models:
+        if model.id == config.model:
+            return model
+    known = ", ".join(model.id for model in models)
     raise ConfigError(f"{config.models_config}: no model with id {config.model!r} (known: {known})")

@@ -92,7 +92,7 @@ def write_outputs(
     for tier, file in tiers.items():
         schedules[file].metadata = replace(schedules[file].metadata, tier=tier)
 
-    registry = config.registry_dir()
+    registry = setup.registry_dir
     for stale in registry.glob(f"{FILE_PREFIX}*.json"):
         if stale.name not in schedules:
             stale.unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,12 @@ class SearchSetup:
     def steps(self) -> int:
         return self.evaluation.steps
 
+    @property
+    def registry_dir(self) -> Path:
+        """`--out`, else the folder the server reads for this model (`schedules` of its entry, else
+        schedules/<id> beside the models config)."""
+        return self.config.out or self.model.registry_dir(self.config.models_config.resolve().parent)
+
     def schedule(self, bits: np.ndarray, name: str) -> Schedule:
         return Schedule.from_genome(
             torch.from_numpy(np.asarray(bits, dtype=bool)), self.architecture, self.steps, name=name
@@ -78,6 +85,8 @@ class SearchSetup:
 
 def prepare(config: SearchConfig) -> SearchSetup:
     model = find_model(config)
+    # Named from here on (the default is the config's first model): outputs and checkpoints use its id.
+    config = config.model_copy(update={"model": model.id})
     adapter = get_adapter(model.family)
     architecture = adapter.architecture(load_transformer_config(model))
     width, height = model.native_size
