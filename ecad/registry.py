@@ -37,14 +37,10 @@ from ecad.files import write_json_atomic
 from ecad.models import Architecture
 from ecad.schedule import Schedule, ScheduleFileError, no_cache, save_schedule
 from ecad.schedule.io import METADATA_KEY, schedule_from_document
+from ecad.tiers import CACHED_TIERS, Tier
 
 FRONT_FILE = "front.json"
 FORMAT_VERSION = 1
-EXACT = "exact"
-CACHED_TIERS = ("fast", "balanced", "best")
-TIERS = (*CACHED_TIERS, EXACT)
-# A tier with no schedule of its own is served by the next milder one.
-_MILDER = {"fast": "balanced", "balanced": "best", "best": EXACT}
 
 
 class RegistryError(ValueError):
@@ -97,7 +93,7 @@ class TierSchedule:
     `macs_ratio` is no-cache MACs over the schedule's MACs (its theoretical speed-up; 1.0 for exact).
     """
 
-    tier: str
+    tier: Tier
     schedule: Schedule
     macs_ratio: float
     file: str | None  # None for the implicit no-cache schedule
@@ -118,9 +114,9 @@ class Registry:
     steps: int
     directory: Path | None
     points: tuple[FrontPoint, ...]
-    tiers: Mapping[str, TierSchedule]  # every name in TIERS
+    tiers: Mapping[Tier, TierSchedule]  # every tier
 
-    def for_tier(self, tier: str) -> TierSchedule:
+    def for_tier(self, tier: Tier) -> TierSchedule:
         return self.tiers[tier]
 
 
@@ -210,8 +206,8 @@ def write_registry(
 
 def exact_only(model_id: str, family: str, steps: int, architecture: Architecture) -> Registry:
     """A registry with no cached schedules: every tier runs the no-cache schedule."""
-    exact = TierSchedule(EXACT, no_cache(architecture, steps), 1.0, None)
-    return Registry(model_id, family, steps, None, (), dict.fromkeys(TIERS, exact))
+    exact = TierSchedule(Tier.EXACT, no_cache(architecture, steps), 1.0, None)
+    return Registry(model_id, family, steps, None, (), dict.fromkeys(Tier, exact))
 
 
 def load_registry(
@@ -281,11 +277,12 @@ def load_registry(
         ruled = assign_tiers(points, float(no_cache_value), rule or TierRule())
         chosen = {**ruled, **explicit}
     ratios = {p.file: p.macs_ratio for p in points}
-    resolved: dict[str, TierSchedule] = {EXACT: TierSchedule(EXACT, no_cache(base, steps), 1.0, None)}
-    for tier in ("best", "balanced", "fast"):  # milder first, so fallbacks are already resolved
+    resolved = {Tier.EXACT: TierSchedule(Tier.EXACT, no_cache(base, steps), 1.0, None)}
+    for tier in reversed(CACHED_TIERS):  # milder first, so fallbacks are already resolved
         file = chosen.get(tier)
         if file is None:
-            milder = resolved[_MILDER[tier]]
+            assert tier.milder is not None
+            milder = resolved[tier.milder]
             resolved[tier] = TierSchedule(tier, milder.schedule, milder.macs_ratio, milder.file)
         else:
             resolved[tier] = TierSchedule(tier, schedules[file], ratios[file], file)
@@ -333,10 +330,7 @@ def _load_checked(path: Path, family: str, steps: int, architecture: Architectur
 
 
 __all__ = [
-    "CACHED_TIERS",
-    "EXACT",
     "FRONT_FILE",
-    "TIERS",
     "FrontPoint",
     "Registry",
     "RegistryError",

@@ -23,11 +23,12 @@ import torch
 from ecad.cache import CacheEngine
 from ecad.models import architecture_of, get_adapter
 from ecad.pipelines.loading import load_pipeline
-from ecad.registry import EXACT, load_registry
+from ecad.registry import load_registry
+from ecad.tiers import Tier
 from server.config import load_config
 from server.imaging import fit_to
 
-ORDER = ("fast", "balanced", "best", EXACT)
+ORDER = tuple(Tier)
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
     panels = []
     for tier in ORDER:
         chosen = registry.tiers[tier]
-        engine = CacheEngine(pipe, chosen.schedule) if tier != EXACT else nullcontext()
+        engine = CacheEngine(pipe, chosen.schedule) if tier != Tier.EXACT else nullcontext()
         times, image = [], None
         for repeat in range(args.repeats + 1):
             started = time.perf_counter()
@@ -84,7 +85,7 @@ def main() -> None:
     for axis, (tier, chosen, image, latency_ms) in zip(axes, panels, strict=True):
         axis.imshow(image)
         axis.set_axis_off()
-        saving = "no cache" if tier == EXACT else f"{chosen.macs_ratio:.2f}× fewer MACs"
+        saving = "no cache" if tier == Tier.EXACT else f"{chosen.macs_ratio:.2f}× fewer MACs"
         axis.set_title(f"{tier}\n{latency_ms:.0f} ms · {saving}", fontsize=10)
     figure.suptitle(f'"{args.prompt}" — {model.id}, {model.steps} steps, seed {args.seed}, CPU', fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 0.92))

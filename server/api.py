@@ -19,7 +19,8 @@ from ecad.cache import CacheEngine
 from ecad.config import ModelConfig
 from ecad.models import architecture_of, get_adapter
 from ecad.pipelines.loading import load_pipeline
-from ecad.registry import EXACT, Registry, TierRule, TierSchedule, exact_only, load_registry
+from ecad.registry import Registry, TierRule, TierSchedule, exact_only, load_registry
+from ecad.tiers import Tier
 from server import metrics
 from server.imaging import encode_b64, fit_to
 from server.protocol import GenerationCancelledError, Job, WorkerReport
@@ -83,9 +84,11 @@ class ImageWorkerAPI(ls.LitAPI):
         architecture = architecture_of(self.pipe.transformer, self.model.family)
         registry = load_model_registry(self.model, self.registry_dir, self.rule, architecture)
         # Looked up by tier name: the API process may have built `exact` for the reference architecture.
-        self.tiers: dict[str, TierSchedule] = dict(registry.tiers)
+        self.tiers: dict[Tier, TierSchedule] = dict(registry.tiers)
         self.engines = {
-            t.digest: CacheEngine(self.pipe, t.schedule) for t in registry.tiers.values() if t.tier != EXACT
+            t.digest: CacheEngine(self.pipe, t.schedule)
+            for t in registry.tiers.values()
+            if t.tier != Tier.EXACT
         }
         self.adapter = get_adapter(self.model.family)
         self.state.register_worker(self.model.id)
@@ -127,7 +130,7 @@ class ImageWorkerAPI(ls.LitAPI):
                         )
 
         tier = self.tiers[first.tier]
-        engine = self.engines.get(tier.digest) if first.tier != EXACT else None
+        engine = self.engines.get(tier.digest) if first.tier != Tier.EXACT else None
         call = {
             "prompt": prompts,
             "height": height,

@@ -19,8 +19,9 @@ import typer
 from ecad.cli import app
 from ecad.config import ConfigError
 from ecad.files import write_bytes_atomic
-from ecad.registry import CACHED_TIERS, RegistryError, write_registry
+from ecad.registry import RegistryError, write_registry
 from ecad.schedule import ScheduleFileError, fora, load_schedule
+from ecad.tiers import CACHED_TIERS
 from server.config import AppConfig, ServerConfig, load_config, parse_size
 from server.state import StateDir
 

@@ -18,8 +18,7 @@ from pydantic import (
 
 from ecad.config import ConfigError, ModelConfig, format_validation_error, read_yaml, resolve_paths
 from ecad.registry import TierRule
-
-CachedTier = Literal["fast", "balanced", "best"]
+from ecad.tiers import CACHED_TIERS, Tier
 
 
 class AuthConfig(BaseModel):
@@ -44,7 +43,14 @@ class AutoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latency_objective_ms: float = Field(default=10_000.0, gt=0)
-    idle_tier: CachedTier = "best"
+    idle_tier: Tier = Tier.BEST
+
+    @field_validator("idle_tier")
+    @classmethod
+    def _cached(cls, tier: Tier) -> Tier:
+        if tier not in CACHED_TIERS:
+            raise ValueError(f"must be one of {', '.join(CACHED_TIERS)} (exact is not a cached tier)")
+        return tier
 
 
 class UrlConfig(BaseModel):

@@ -26,7 +26,8 @@ from litserve.utils import ResponseBufferItem
 from pydantic import ValidationError
 
 from ecad.config import ModelConfig
-from ecad.registry import EXACT, Registry
+from ecad.registry import Registry
+from ecad.tiers import AUTO, CACHED_TIERS, QUALITY_TO_TIER, Tier, known_qualities
 from server import errors, metrics
 from server.admission import Admission, ModelQueue
 from server.body import read_json_object
@@ -34,14 +35,7 @@ from server.channel import Channel, ClientDisconnectedError
 from server.config import AppConfig, parse_size, size_error
 from server.protocol import ImageGenerationRequest, Job
 from server.state import StateDir
-from server.tiers import (
-    AUTO,
-    QUALITY_TO_TIER,
-    TIER_TO_QUALITY,
-    LatencyModel,
-    choose_auto_tier,
-    known_qualities,
-)
+from server.tiers import LatencyModel, choose_auto_tier
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +86,7 @@ class Outcome:
 @dataclass
 class Plan:
     model: ModelRuntime
-    tier: str
+    tier: Tier
     requested_quality: str
     width: int
     height: int
@@ -166,7 +160,7 @@ class Gateway:
         tier = self.choose_tier(params, runtime)
         # An explicit step count with no schedule of that length runs uncached (reported as `exact`).
         if steps != runtime.registry.steps:
-            tier = EXACT
+            tier = Tier.EXACT
         base = params.seed if params.seed is not None else secrets.randbits(32)
         return Plan(
             model=runtime,
@@ -187,7 +181,7 @@ class Gateway:
         auto = self.server_config.auto
         estimates = {
             tier: runtime.latency.estimate_ms(runtime.registry.for_tier(tier).macs_ratio, params.n)
-            for tier in ("best", "balanced", "fast")
+            for tier in CACHED_TIERS
         }
         wait_s = runtime.queue.wait_s() or 0.0
         return choose_auto_tier(
@@ -397,7 +391,7 @@ class _Conversation:
         return {
             "background": "opaque",
             "output_format": self.params.output_format,
-            "quality": TIER_TO_QUALITY[self.plan.tier],
+            "quality": self.plan.tier.openai_quality,
             "size": f"{self.plan.width}x{self.plan.height}",
         }
 

@@ -1,45 +1,24 @@
-"""`quality` → tier, the OpenAI-legal echo of a tier, and the load-aware choice behind `auto`."""
+"""The load-aware choice behind `quality: auto` (tier names and the quality mapping: `ecad.tiers`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ecad.registry import EXACT
-
-AUTO = "auto"
-QUALITY_TO_TIER: Mapping[str, str] = {
-    "low": "fast",
-    "standard": "fast",
-    "medium": "balanced",
-    "high": "best",
-    "hd": "best",
-    "xhigh": "best",
-    "max": "best",
-    "fast": "fast",
-    "balanced": "balanced",
-    "best": "best",
-    EXACT: EXACT,
-}
-TIER_TO_QUALITY: Mapping[str, str] = {"fast": "low", "balanced": "medium", "best": "high", EXACT: "high"}
-# Mildest first: `auto` walks this list from its idle tier towards faster tiers.
-MILD_TO_FAST = ("best", "balanced", "fast")
-
-
-def known_qualities() -> list[str]:
-    return [*QUALITY_TO_TIER, AUTO]
+from ecad.tiers import CACHED_TIERS, Tier
 
 
 def choose_auto_tier(
     *,
-    idle_tier: str,
+    idle_tier: Tier,
     objective_ms: float,
     wait_ms: float,
-    estimate_ms: Mapping[str, float | None],
-) -> str:
+    estimate_ms: Mapping[Tier, float | None],
+) -> Tier:
     """The mildest tier, starting at `idle_tier`, whose expected latency (wait + own run) meets the
     objective; the fastest tier when none does. A tier with no estimate yet counts as meeting it."""
-    candidates = MILD_TO_FAST[MILD_TO_FAST.index(idle_tier) :]
+    mild_to_fast = CACHED_TIERS[::-1]
+    candidates = mild_to_fast[mild_to_fast.index(idle_tier) :]
     for tier in candidates:
         estimate = estimate_ms.get(tier)
         if estimate is None or wait_ms + estimate <= objective_ms:

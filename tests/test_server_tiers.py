@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from server.tiers import QUALITY_TO_TIER, TIER_TO_QUALITY, LatencyModel, choose_auto_tier
+from ecad.tiers import QUALITY_TO_TIER, Tier
+from server.tiers import LatencyModel, choose_auto_tier
 
 
 def test_openai_names_map_to_tiers_and_echo_legal_values() -> None:
@@ -15,7 +16,8 @@ def test_openai_names_map_to_tiers_and_echo_legal_values() -> None:
         "xhigh": "best",
         "max": "best",
     }
-    assert set(TIER_TO_QUALITY.values()) <= {"low", "medium", "high"}
+    assert [tier.openai_quality for tier in Tier] == ["low", "medium", "high", "high"]
+    assert [tier.milder for tier in Tier] == [Tier.BALANCED, Tier.BEST, Tier.EXACT, None]
 
 
 def test_auto_prefers_the_idle_tier_and_degrades_under_load() -> None:
