@@ -32,7 +32,7 @@ from ecad.schedule import Schedule, fora, no_cache
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "two blue squares on a gray background"
 MODELS = {
-    # The test server's model (tests/server_harness.py) and the embedded default (config.yaml).
+    # The test server's model (tests/server_configs.py) and the embedded default (config.yaml).
     "random:tiny 64x64": ModelConfig(id="ecad-tiny", family="pixart_alpha", source="random:tiny"),
     "ecad-shapes 64x64": ModelConfig(
         id="ecad-shapes", family="pixart_alpha", source=str(ROOT / "models" / "ecad-shapes")

@@ -1,6 +1,6 @@
 """Server overhead: HTTP end to end vs a direct engine call; throughput with batching on vs off.
 
-    .venv/bin/python bench/server_overhead.py [--requests 20] [--clients 8] [--per-client 3]
+    .venv/bin/python -m bench.server_overhead [--requests 20] [--clients 8] [--per-client 3]
 
 Direct call = the same pipeline and schedule in this process, plus PNG + base64 encoding (work the
 server must also do), so `overhead` is HTTP, JSON, queueing and process hops. Prints markdown tables.
@@ -26,8 +26,8 @@ from ecad.cache import CacheEngine
 from ecad.config import ModelConfig
 from ecad.pipelines.loading import load_pipeline
 from ecad.registry import load_registry
+from harness.launcher import launch
 from server.imaging import encode_b64
-from server.launcher import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 256

@@ -23,8 +23,8 @@ from typing import Any
 import gevent
 from locust.env import Environment
 
+from harness.launcher import RunningServer, launch, served_config
 from loadtests.locustfile import BURST_SIZE, ImageUser
-from server.launcher import RunningServer, launch, served_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

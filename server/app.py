@@ -1,4 +1,4 @@
-"""Build the LitServer: one LitAPI per model, the images spec, and the plain routes around it.
+"""Build the LitServer: one worker LitAPI per model, the gateway, and the routes around them.
 
 Import this module only after `PROMETHEUS_MULTIPROC_DIR` is set (see `server.cli.serve`).
 """
@@ -6,17 +6,13 @@ Import this module only after `PROMETHEUS_MULTIPROC_DIR` is set (see `server.cli
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import litserve as ls
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from litserve.utils import WorkerSetupStatus
 from prometheus_client import multiprocess
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import MutableHeaders
@@ -24,13 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import errors, metrics
-from server.admission import ModelQueue
-from server.api import ImageWorkerAPI, load_model_registry
+from server.auth import ApiKeys
 from server.config import AppConfig
-from server.gateway import Gateway, ModelRuntime, request_id_of
+from server.gateway import Gateway, request_id_of
 from server.loop import GroupingLoop
-from server.spec import ImagesSpec
+from server.protocol import ModelExtension, ModelList, ModelObject, SizeLimits, TierInfo, json_response
+from server.runtime import ModelRuntime
 from server.state import IMAGE_ID, MEDIA_TYPES, StateDir, process_alive
+from server.transport import Transport, remove_litserve_routes
+from server.worker import ImageWorker
 
 logger = logging.getLogger(__name__)
 
@@ -86,154 +84,112 @@ class ImageIdConvertor(Convertor[str]):
 
 
 register_url_convertor("image_id", ImageIdConvertor())
-
-
-def load_keys(config: AppConfig) -> frozenset[str]:
-    auth = config.server.auth
-    keys = {key.strip() for key in os.environ.get(auth.api_keys_env, "").split(",")}
-    if auth.api_keys_file is not None:
-        lines = auth.api_keys_file.read_text(encoding="utf-8").splitlines()
-        keys |= {line.strip() for line in lines if not line.lstrip().startswith("#")}
-    keys.discard("")
-    return frozenset(keys)
+IMAGES_ROUTES = ("/v1/images/generations", "/images/generations")
 
 
 def build_server(config: AppConfig, state: StateDir) -> tuple[ls.LitServer, Gateway]:
     """The configured server, ready to `run`, and its gateway (which counts in-flight requests);
     registries are checked here, before any worker starts."""
     server_config = config.server
-    runtimes: dict[str, ModelRuntime] = {}
-    registry_dirs: dict[str, Path | None] = {}
-    for model in config.models:
-        directory = config.registry_dir(model)
-        if model.schedules is None and not directory.exists():
-            logger.warning("model %s has no registry at %s: every tier runs uncached", model.id, directory)
-            registry_dirs[model.id] = None
-        else:
-            registry_dirs[model.id] = directory
-        registry = load_model_registry(model, registry_dirs[model.id], server_config.tier_rule)
-        runtimes[model.id] = ModelRuntime(
-            model,
-            registry,
-            api_path=f"/internal/models/{model.id}",
-            queue=ModelQueue(model.id, server_config.max_queue),
+    runtimes = {
+        model.id: ModelRuntime.build(
+            model, config.registry_dir(model), server_config.tier_rule, server_config.max_queue
         )
-    keys = load_keys(config)
-    if not keys:
+        for model in config.models
+    }
+    keys = ApiKeys.load(server_config.auth)
+    if keys.open:
         logger.warning(
             "no API keys configured (env %s, file %s): the API is open to anyone who can reach it",
             server_config.auth.api_keys_env,
             server_config.auth.api_keys_file,
         )
-    gateway = Gateway(config, runtimes, keys, state)
-    apis = [
-        ImageWorkerAPI(
-            model,
-            registry_dirs[model.id],
+    grouping = GroupingLoop(server_config.batch_window_ms / 1000, server_config.max_batch_images)
+    workers = [
+        ImageWorker(
+            runtime.config,
+            runtime.api_path,
+            runtime.registry_dir,
             server_config.tier_rule,
             state.root,
-            spec=ImagesSpec(runtimes[model.id].api_path, gateway if index == 0 else None),
-            loop=GroupingLoop(server_config.batch_window_ms / 1000, server_config.max_batch_images),
+            grouping,
         )
-        for index, model in enumerate(config.models)
+        for runtime in runtimes.values()
     ]
     server = ls.LitServer(
-        apis,
+        workers,
         accelerator="cpu",  # LitServe only spawns the processes; each model places itself (its `device`)
         devices=1,
-        workers_per_device={api.api_path: api.model.workers_per_device for api in apis},
+        workers_per_device={worker.api_path: worker.model.workers_per_device for worker in workers},
         timeout=False,  # deadlines are ours (per request, enforced while waiting), not a queue-wait check
         restart_workers=True,
         disable_openapi_url=True,
         healthcheck_path="/litserve/health",
         info_path="/litserve/info",
     )
-    _remove_internal_routes(server)
-    _add_routes(server, gateway, runtimes, state, config)
-    _add_error_handlers(server)
+    transport = Transport(server)
+    gateway = Gateway(config, runtimes, keys, state, transport)
+    remove_litserve_routes(server)
+    _add_routes(server.app, gateway, transport, config)
+    server.app.add_exception_handler(StarletteHTTPException, _http_error)
     server.app.add_middleware(RequestEnvelope)
     return server, gateway
 
 
-def _remove_internal_routes(server: ls.LitServer) -> None:
-    """LitServe's `/`, `/litserve/health` and `/litserve/info` describe internals (paths, workers,
-    devices) to anyone; `/healthz` and `/readyz` are the probes."""
-    internal = {"/", server.healthcheck_path, server.info_path}
-    server.app.router.routes[:] = [
-        route for route in server.app.router.routes if getattr(route, "path", None) not in internal
-    ]
-
-
-def _add_routes(
-    server: ls.LitServer,
-    gateway: Gateway,
-    runtimes: dict[str, ModelRuntime],
-    state: StateDir,
-    config: AppConfig,
-) -> None:
+def _add_routes(app: FastAPI, gateway: Gateway, transport: Transport, config: AppConfig) -> None:
     created = int(time.time())
+    runtimes, state, keys = gateway.runtimes, gateway.state, gateway.keys
 
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     async def readyz() -> JSONResponse:
-        statuses = dict(server.workers_setup_status or {})
         workers = state.live_workers()
         served = set(workers.values())
-        ready = (
-            bool(statuses)
-            and all(value == WorkerSetupStatus.READY for value in statuses.values())
-            and all(model in served for model in runtimes)
-        )
         draining = state.is_draining()
-        ready = ready and not draining
+        ready = transport.workers_ready() and all(model in served for model in runtimes) and not draining
         body = {
             "status": "draining" if draining else "ready" if ready else "starting",
             "workers": [{"pid": pid, "model": model} for pid, model in sorted(workers.items())],
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    def model_object(runtime: ModelRuntime) -> dict[str, Any]:
+    def model_object(runtime: ModelRuntime) -> ModelObject:
         model = runtime.config
         tiers = {
-            tier: {"schedule": entry.name, "digest": entry.digest, "macs_ratio": entry.macs_ratio}
+            tier: TierInfo(schedule=entry.name, digest=entry.digest, macs_ratio=entry.macs_ratio)
             for tier, entry in runtime.registry.tiers.items()
         }
-        return {
-            "id": model.id,
-            "object": "model",
-            "created": created,
-            "owned_by": "ecad-server",
-            "x_ecad": {
-                "family": model.family,
-                "steps": model.steps,
-                "default_size": model.default_size,
-                "render_size": model.render_size,
-                "sizes": {"min_side": model.min_side, "max_side": model.max_side, "multiple": 16},
-                "tiers": tiers,
-            },
-        }
+        extension = ModelExtension(
+            family=model.family,
+            steps=model.steps,
+            default_size=model.default_size,
+            render_size=model.render_size,
+            sizes=SizeLimits(min_side=model.min_side, max_side=model.max_side, multiple=model.size_multiple),
+            tiers=tiers,
+        )
+        return ModelObject(id=model.id, created=created, x_ecad=extension)
 
-    async def list_models(request: Request) -> JSONResponse:
+    async def list_models(request: Request) -> Response:
         try:
-            gateway.authorize(request)
+            keys.check(request)
         except errors.ApiError as error:
             return error.response(request_id_of(request))
-        return JSONResponse({"object": "list", "data": [model_object(r) for r in runtimes.values()]})
+        return json_response(ModelList(data=[model_object(runtime) for runtime in runtimes.values()]))
 
-    async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
+    async def retrieve_model(request: Request, model_id: str) -> Response:
         try:
-            gateway.authorize(request)
+            keys.check(request)
             if model_id not in runtimes:
                 raise errors.model_not_found(model_id)
         except errors.ApiError as error:
             return error.response(request_id_of(request))
-        return JSONResponse(model_object(runtimes[model_id]))
+        return json_response(model_object(runtimes[model_id]))
 
     async def prometheus(request: Request) -> Response:
         if config.server.auth.protect_metrics:
             try:
-                gateway.authorize(request)
+                keys.check(request)
             except errors.ApiError as error:
                 return error.response(request_id_of(request))
         # Gauges of workers that died (and were restarted) would otherwise linger.
@@ -251,7 +207,8 @@ def _add_routes(
             return errors.not_found(f"No image '{image_id}' (unknown or expired).").response()
         return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lstrip(".")])
 
-    app = server.app
+    for path in IMAGES_ROUTES:
+        app.add_api_route(path, gateway.generate, methods=["POST"])
     app.add_api_route("/healthz", healthz, methods=["GET", "HEAD"])
     app.add_api_route("/readyz", readyz, methods=["GET", "HEAD"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
@@ -260,22 +217,11 @@ def _add_routes(
     app.add_api_route("/v1/images/{image_id:image_id}", image_file, methods=["GET", "HEAD"])
 
 
-def _add_error_handlers(server: ls.LitServer) -> None:
-    async def http_error(request: Request, exc: Any) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
-        message = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        error = errors.ApiError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
-        if exc.status_code >= 500:
-            error.type = errors.SERVER_ERROR
-        return error.response(request_id_of(request))
-
-    async def validation_error(request: Request, exc: Any) -> JSONResponse:
-        problem = exc.errors()[0] if exc.errors() else {}
-        loc = [str(part) for part in problem.get("loc", ()) if part not in ("body", "query", "path")]
-        param = ".".join(loc) or None
-        return errors.invalid(
-            param, f"Invalid value for '{param}': {problem.get('msg', 'invalid')}."
-        ).response(request_id_of(request))
-
-    server.app.add_exception_handler(StarletteHTTPException, http_error)
-    server.app.add_exception_handler(RequestValidationError, validation_error)
+async def _http_error(request: Request, exc: Any) -> Response:
+    """Starlette's own 404/405 (and any HTTPException) in OpenAI's shape."""
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
+    message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+    error = errors.ApiError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
+    if exc.status_code >= 500:
+        error.type = errors.SERVER_ERROR
+    return error.response(request_id_of(request))

@@ -15,11 +15,14 @@ RATE_LIMIT = "rate_limit_error"
 MAX_RETRY_AFTER_S = 120
 
 
-class OpenAIJSONResponse(JSONResponse):
-    """JSON with non-ASCII characters escaped: a body always encodes, whatever text a message quotes."""
+def _ascii_json(content: Any) -> str:
+    """JSON with non-ASCII characters escaped: it always encodes, whatever text a message quotes."""
+    return json.dumps(content, separators=(",", ":"))
 
+
+class OpenAIJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":")).encode("ascii")
+        return _ascii_json(content).encode("ascii")
 
 
 class ApiError(Exception):
@@ -39,6 +42,9 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def json(self) -> str:
+        return _ascii_json(self.body())
 
     def response(self, request_id: str | None = None) -> JSONResponse:
         headers = dict(self.headers)

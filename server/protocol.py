@@ -1,11 +1,13 @@
-"""Wire formats: the OpenAI request body, the job a worker runs, and the worker's messages."""
+"""The OpenAI Images wire formats: the request body, the JSON response and the stream's events."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from starlette.responses import Response
+
+from ecad.tiers import Tier
 
 MAX_PROMPT_CHARS = 32_000
 MAX_SEED = 2**63 - 1
@@ -46,60 +48,151 @@ class ImageGenerationRequest(BaseModel):
         return value
 
 
-class GenerationCancelledError(Exception):
-    """Every request of a group was cancelled (client gone or deadline passed); stop between steps."""
+# -- responses ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Job:
-    """One admitted request, fully resolved by the API process; a worker runs it as given."""
-
-    uid: str
-    model: str
-    tier: str
-    schedule_digest: str
-    prompt: str
-    negative_prompt: str | None
-    seeds: tuple[int, ...]
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    output_format: str
-    output_compression: int | None
-    partial_images: int
-    enqueued_at: float  # time.monotonic(), comparable across processes on one host
-    deadline: float  # time.monotonic()
-
-    @property
-    def n(self) -> int:
-        return len(self.seeds)
-
-    def group_key(self) -> tuple[Any, ...]:
-        """Requests that can share one pipeline call."""
-        return (self.model, self.schedule_digest, self.width, self.height, self.steps, self.guidance_scale)
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True)
 
 
-# Worker → API process messages (plain dicts cross the process boundary):
-#   {"event": "started", "pid": int}
-#   {"event": "partial", "image_index": i, "partial_index": k, "b64": str}
-#   {"event": "image", "image_index": i, "b64": str}
-#   {"event": "done", "info": WorkerReport as dict}
-#   {"event": "error", "status": int, "message": str, "code": str | None}
+def _absent(value: object) -> bool:
+    return value is None
 
 
-@dataclass
-class WorkerReport:
-    tier: str
-    schedule: str
-    schedule_digest: str
-    steps: int
-    guidance_scale: float
-    seeds: list[int]
+class ImageData(_Wire):
+    """One image: `b64_json` or `url`, the other left out (as OpenAI sends it)."""
+
+    b64_json: str | None = Field(default=None, exclude_if=_absent)
+    url: str | None = Field(default=None, exclude_if=_absent)
+
+
+class InputTokensDetails(_Wire):
+    text_tokens: int
+    image_tokens: int = 0
+
+
+class Usage(_Wire):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int = 0
+    total_tokens: int
+
+    @classmethod
+    def of_prompt(cls, tokens: int) -> Usage:
+        """Text tokens the encoder read; images are not billed as tokens here."""
+        return cls(
+            input_tokens=tokens,
+            input_tokens_details=InputTokensDetails(text_tokens=tokens),
+            total_tokens=tokens,
+        )
+
+
+class ScheduleRef(_Wire):
+    name: str
+    digest: str
+
+
+class CacheCounts(_Wire):
     computed: int
     reused: int
     skipped: int
+
+
+class EcadExtension(_Wire):
+    """`x_ecad`: what the server did — the tier and schedule actually used, seeds, cache counts, times."""
+
+    model: str
+    tier: Tier
+    requested_quality: str
+    schedule: ScheduleRef
+    macs_ratio: float
+    seeds: tuple[int, ...]
+    steps: int
+    guidance_scale: float
+    cache: CacheCounts
     batch_images: int
-    prompt_tokens: int
     queue_ms: float
     generation_ms: float
+    total_ms: float
+
+
+class _ImageFacts(_Wire):
+    """What OpenAI echoes about the images of a response or an event."""
+
+    background: Literal["opaque"] = "opaque"
+    output_format: OutputFormat
+    quality: str  # an OpenAI-legal value (`Tier.openai_quality`)
+    size: str
+
+
+class ImagesResponse(_ImageFacts):
+    created: int
+    data: list[ImageData]
+    usage: Usage
+    x_ecad: EcadExtension
+
+
+class PartialImageEvent(_ImageFacts):
+    type: Literal["image_generation.partial_image"] = "image_generation.partial_image"
+    b64_json: str
+    created_at: int
+    partial_image_index: int
+    image_index: int  # an extension: which of the request's n images
+
+
+class CompletedEvent(_ImageFacts):
+    type: Literal["image_generation.completed"] = "image_generation.completed"
+    b64_json: str
+    created_at: int
+    image_index: int
+    usage: Usage
+    x_ecad: EcadExtension
+
+
+class TierInfo(_Wire):
+    schedule: str
+    digest: str
+    macs_ratio: float
+
+
+class SizeLimits(_Wire):
+    min_side: int
+    max_side: int
+    multiple: int
+
+
+class ModelExtension(_Wire):
+    """`x_ecad` of a model object: what a client may ask of it."""
+
+    family: str
+    steps: int
+    default_size: str
+    render_size: str | None
+    sizes: SizeLimits
+    tiers: dict[Tier, TierInfo]
+
+
+class ModelObject(_Wire):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "ecad-server"
+    x_ecad: ModelExtension
+
+
+class ModelList(_Wire):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+def render(model: BaseModel) -> str:
+    """The one serialisation of a response body or event."""
+    return model.model_dump_json()
+
+
+def json_response(model: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    return Response(render(model), media_type="application/json", headers=headers)
+
+
+def sse_frame(event: PartialImageEvent | CompletedEvent) -> str:
+    return f"event: {event.type}\ndata: {render(event)}\n\n"

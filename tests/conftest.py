@@ -13,7 +13,7 @@ import pytest
 # Served processes get their own (`ecad serve` sets it before anything imports prometheus_client).
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ecad-test-prometheus-"))
 
-from server.launcher import RunningServer, launch
+from harness.launcher import RunningServer, launch
 
 
 @pytest.fixture(scope="session")

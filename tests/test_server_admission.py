@@ -10,10 +10,10 @@ from typing import Any
 import openai
 import pytest
 
+from harness.launcher import RunningServer
 from server import errors
 from server.admission import DRAIN_WINDOW, ModelQueue
-from server.launcher import RunningServer
-from tests.server_harness import server_config
+from tests.server_configs import server_config
 
 
 class Clock:

@@ -16,8 +16,8 @@ import openai
 import pytest
 from PIL import Image
 
-from server.launcher import RunningServer
-from tests.server_harness import ROOT, server_config
+from harness.launcher import RunningServer
+from tests.server_configs import ROOT, server_config
 
 KEY = "sk-test-key"
 QUALITIES = [

@@ -11,9 +11,9 @@ import yaml
 
 from ecad.config import ConfigError
 from ecad.search.config import SearchConfig, find_model
+from harness.launcher import ECAD, served_config
 from server.config import load_config
-from server.launcher import ECAD, served_config
-from tests.server_harness import server_config
+from tests.server_configs import server_config
 
 
 def write(tmp_path: Path, config: dict[str, Any]) -> Path:

@@ -17,8 +17,8 @@ import openai
 import pytest
 import yaml
 
-from server.launcher import ECAD, RunningServer, free_port, launch
-from tests.server_harness import server_config
+from harness.launcher import ECAD, RunningServer, free_port, launch
+from tests.server_configs import server_config
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from ecad.metrics import get_metric
+from harness.launcher import RunningServer, served_config
 from server.config import load_config
-from server.launcher import RunningServer, served_config
-from tests.server_harness import ROOT
+from tests.server_configs import ROOT
 
 
 def test_default_config_serves_the_embedded_model() -> None:

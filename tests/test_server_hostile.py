@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from server.launcher import RunningServer
-from tests.server_harness import server_config
+from harness.launcher import RunningServer
+from tests.server_configs import server_config
 
 KEY = "sk-hostile"
 AUTH = {"authorization": f"Bearer {KEY}"}

@@ -1,4 +1,4 @@
-"""Test configurations for real server processes (see `server.launcher`)."""
+"""Test configurations for real server processes (see `harness.launcher`)."""
 
 from __future__ import annotations
 

@@ -19,16 +19,17 @@ from ecad.cache import CacheEngine
 from ecad.config import ModelConfig
 from ecad.models import architecture_of, get_adapter
 from ecad.pipelines.loading import load_pipeline
-from ecad.registry import Registry, TierRule, TierSchedule, exact_only, load_registry
+from ecad.registry import TierRule, TierSchedule
 from ecad.tiers import Tier
 from server import metrics
 from server.imaging import encode_b64, fit_to
-from server.protocol import GenerationCancelledError, Job, WorkerReport
+from server.loop import Emit, GenerationCancelledError, GroupingLoop
+from server.messages import Done, Image, Job, Partial, Report
+from server.runtime import load_model_registry
 from server.state import StateDir
+from server.transport import WorkerLoop, WorkerSpec
 
 logger = logging.getLogger(__name__)
-
-Emit = Callable[[str, dict[str, Any]], None]
 
 
 def partial_steps(steps: int, count: int) -> set[int]:
@@ -36,38 +37,20 @@ def partial_steps(steps: int, count: int) -> set[int]:
     return {round(steps * (k + 1) / (count + 1)) - 1 for k in range(count)} - {steps - 1, -1}
 
 
-def load_model_registry(
-    model: ModelConfig, directory: Path | None, rule: TierRule, architecture: Any = None
-) -> Registry:
-    """The model's registry, or every tier served uncached when it has none."""
-    if directory is None:
-        if architecture is None:
-            architecture = get_adapter(model.family).reference
-        return exact_only(model.id, model.family, model.steps, architecture)
-    return load_registry(
-        directory,
-        model_id=model.id,
-        family=model.family,
-        steps=model.steps,
-        architecture=architecture,
-        rule=rule,
-    )
-
-
-class ImageWorkerAPI(ls.LitAPI):
+class ImageWorker(ls.LitAPI):
     """One model's worker. Runs under `GroupingLoop`, which calls `run_group`; the default LitAPI
     request hooks are not used."""
 
     def __init__(
         self,
         model: ModelConfig,
+        api_path: str,
         registry_dir: Path | None,
         rule: TierRule,
         state_dir: Path,
-        spec: ls.LitSpec,
-        loop: Any,
+        grouping: GroupingLoop,
     ) -> None:
-        super().__init__(api_path=spec.api_path, spec=spec, loop=loop)
+        super().__init__(api_path=api_path, spec=WorkerSpec(api_path), loop=WorkerLoop(grouping))
         self.model = model
         self.registry_dir = registry_dir
         self.rule = rule
@@ -121,13 +104,7 @@ class ImageWorkerAPI(ls.LitAPI):
                     images = self.adapter.decode_latents(self.pipe, latents[start:stop], height, width)
                     index = partial_at[job.uid].index(step)
                     for i, image in enumerate(images):
-                        b64 = encode_b64(
-                            fit_to(image, job.width, job.height), job.output_format, job.output_compression
-                        )
-                        emit(
-                            job.uid,
-                            {"event": "partial", "image_index": i, "partial_index": index, "b64": b64},
-                        )
+                        emit(job.uid, Partial(i, index, self._encode(image, job)))
 
         tier = self.tiers[first.tier]
         engine = self.engines.get(tier.digest) if first.tier != Tier.EXACT else None
@@ -162,17 +139,13 @@ class ImageWorkerAPI(ls.LitAPI):
         for job in jobs:
             start, stop = rows[job.uid]
             for i, image in enumerate(output.images[start:stop]):
-                b64 = encode_b64(
-                    fit_to(image, job.width, job.height), job.output_format, job.output_compression
-                )
-                emit(job.uid, {"event": "image", "image_index": i, "b64": b64})
-            report = WorkerReport(
-                tier=job.tier,
+                emit(job.uid, Image(i, self._encode(image, job)))
+            report = Report(
                 schedule=tier.name,
                 schedule_digest=tier.digest,
                 steps=job.steps,
                 guidance_scale=job.guidance_scale,
-                seeds=list(job.seeds),
+                seeds=job.seeds,
                 computed=computed,
                 reused=reused,
                 skipped=skipped,
@@ -181,7 +154,11 @@ class ImageWorkerAPI(ls.LitAPI):
                 queue_ms=round((started - job.enqueued_at) * 1000, 1),
                 generation_ms=round(generation_s * 1000, 1),
             )
-            emit(job.uid, {"event": "done", "report": report.__dict__})
+            emit(job.uid, Done(report))
+
+    @staticmethod
+    def _encode(image: Any, job: Job) -> str:
+        return encode_b64(fit_to(image, job.width, job.height), job.output_format, job.output_compression)
 
     def _call_kwargs(self, jobs: list[Job], on_step: Callable[[int, torch.Tensor], None]) -> dict[str, Any]:
         kwargs = {**self.adapter.call_kwargs(), **self.adapter.step_callback_kwargs(on_step)}
