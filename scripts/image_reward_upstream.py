@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+
+# This venv does not have the project installed; ecad.files needs only the standard library.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ecad.files import atomic_write
 
 
 def install_torchvision_shim() -> None:
@@ -88,18 +88,6 @@ def import_patched_image_reward(vocab_file: Path):
     return ImageReward.ImageReward
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Temp file + rename, so the driver never reads half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work-dir", type=Path, required=True, help="med_config.json, vocab.txt, cases.json")
@@ -121,7 +109,8 @@ def main() -> None:
             if isinstance(layer, torch.nn.Linear):
                 torch.nn.init.normal_(layer.weight, std=1.0 / math.sqrt(layer.in_features))
                 torch.nn.init.normal_(layer.bias, std=0.1)
-    write_atomically(work / "ImageReward.pt", lambda handle: torch.save(model.state_dict(), handle))
+    with atomic_write(work / "ImageReward.pt") as handle:
+        torch.save(model.state_dict(), handle)
 
     cases = json.loads((work / "cases.json").read_text())
     scores = []
@@ -132,7 +121,8 @@ def main() -> None:
                 scores.append(model.score(case["prompt"], image))
 
     payload = json.dumps({"scores": scores}).encode()
-    write_atomically(work / "upstream_scores.json", lambda handle: handle.write(payload))
+    with atomic_write(work / "upstream_scores.json") as handle:
+        handle.write(payload)
 
 
 if __name__ == "__main__":

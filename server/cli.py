@@ -20,7 +20,7 @@ from ecad.cli import app
 from ecad.config import ConfigError
 from ecad.files import write_bytes_atomic
 from ecad.registry import RegistryError, write_registry
-from ecad.schedule import ScheduleFileError, fora, load_schedule
+from ecad.schedule import Schedule, ScheduleFileError, fora, load_schedule
 from ecad.tiers import CACHED_TIERS
 from server.config import AppConfig, ServerConfig, load_config, parse_size
 from server.state import StateDir
@@ -154,7 +154,8 @@ def registry_heuristic(
         raise _fail(f"no model {model!r} in {config}")
     architecture = architecture_of(load_pipeline(entry).transformer, entry.family)
     width, height = parse_size(entry.default_size)
-    schedules, tiers = {}, {}
+    schedules: dict[str, Schedule] = {}
+    tiers: dict[str, str] = {}
     for tier, every in zip(CACHED_TIERS, (fast, balanced, best), strict=True):
         schedule = fora(architecture, entry.steps, every)
         schedule.metadata.model_id = entry.id
@@ -182,7 +183,8 @@ def registry_create(
     provenance: Annotated[str, typer.Option(help="Where the schedules come from.")] = "",
 ) -> None:
     """Build a registry from existing schedule files (e.g. published ones) with explicit tiers."""
-    schedules, tiers = {}, {}
+    schedules: dict[str, Schedule] = {}
+    tiers: dict[str, str] = {}
     for item in tier:
         name, _, source = item.partition("=")
         if name not in CACHED_TIERS or not source:

@@ -34,6 +34,7 @@ from server.protocol import (
     CompletedEvent,
     EcadExtension,
     ImageData,
+    ImageFacts,
     ImageGenerationRequest,
     ImagesResponse,
     PartialImageEvent,
@@ -265,13 +266,12 @@ class _Conversation:
             total_ms=round((time.monotonic() - self.started) * 1000, 1),
         )
 
-    def facts(self) -> dict[str, str]:
-        """What OpenAI echoes about the images (`_ImageFacts`)."""
-        return {
-            "output_format": self.plan.params.output_format,
-            "quality": self.plan.tier.openai_quality,
-            "size": self.plan.size,
-        }
+    def facts(self) -> ImageFacts:
+        return ImageFacts(
+            output_format=self.plan.params.output_format,
+            quality=self.plan.tier.openai_quality,
+            size=self.plan.size,
+        )
 
     async def collect(self, message: Content) -> Response:
         images: dict[int, str] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 from starlette.responses import Response
@@ -116,23 +116,29 @@ class EcadExtension(_Wire):
     total_ms: float
 
 
-class _ImageFacts(_Wire):
-    """What OpenAI echoes about the images of a response or an event."""
+class ImageFacts(TypedDict):
+    """What OpenAI echoes about the images of a response or an event (the fields of `_EchoedFacts`)."""
 
+    output_format: OutputFormat
+    quality: str
+    size: str
+
+
+class _EchoedFacts(_Wire):
     background: Literal["opaque"] = "opaque"
     output_format: OutputFormat
     quality: str  # an OpenAI-legal value (`Tier.openai_quality`)
     size: str
 
 
-class ImagesResponse(_ImageFacts):
+class ImagesResponse(_EchoedFacts):
     created: int
     data: list[ImageData]
     usage: Usage
     x_ecad: EcadExtension
 
 
-class PartialImageEvent(_ImageFacts):
+class PartialImageEvent(_EchoedFacts):
     type: Literal["image_generation.partial_image"] = "image_generation.partial_image"
     b64_json: str
     created_at: int
@@ -140,7 +146,7 @@ class PartialImageEvent(_ImageFacts):
     image_index: int  # an extension: which of the request's n images
 
 
-class CompletedEvent(_ImageFacts):
+class CompletedEvent(_EchoedFacts):
     type: Literal["image_generation.completed"] = "image_generation.completed"
     b64_json: str
     created_at: int

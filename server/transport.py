@@ -14,7 +14,7 @@ import asyncio
 import queue
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,11 +52,12 @@ class WorkerSpec(LitSpec):
 class Delivery:
     """The messages of one submitted job, as they arrive in this API process."""
 
-    def __init__(self, server: ls.LitServer, uid: str) -> None:
-        self._server = server
+    def __init__(self, response_buffer: MutableMapping[str, Any], uid: str) -> None:
+        # LitServe's response loop appends `(message, status)` to the item's queue and sets its event.
+        self._buffer = response_buffer
         self.uid = uid
         self._item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque())
-        server.response_buffer[uid] = self._item
+        response_buffer[uid] = self._item
 
     def pop(self) -> WorkerMessage | None:
         """The next message, or None when none has arrived. LitServe's own end-of-stream and error
@@ -85,7 +86,7 @@ class Delivery:
         return True
 
     def release(self) -> None:
-        self._server.response_buffer.pop(self.uid, None)
+        self._buffer.pop(self.uid, None)
 
 
 class Transport:
@@ -97,7 +98,7 @@ class Transport:
         self._server = server
 
     def submit(self, api_path: str, job: Job) -> Delivery:
-        delivery = Delivery(self._server, job.uid)
+        delivery = Delivery(self._server.response_buffer, job.uid)
         route = self._server.app.response_queue_id
         self._server.litapi_request_queues[api_path].put((route, job.uid, time.monotonic(), job))
         return delivery

@@ -30,7 +30,7 @@ from ecad.embedded.components import (
     build_vae,
 )
 from ecad.embedded.scenes import OPEN_CELLS, render, scenes, training_captions
-from ecad.files import write_json_atomic
+from ecad.files import atomic_write, write_json_atomic
 from ecad.pipelines.tiny import pixart_scheduler
 
 
@@ -70,9 +70,8 @@ class TrainConfig:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
 
 
 def _object_weight(x: torch.Tensor, weight: float) -> torch.Tensor:

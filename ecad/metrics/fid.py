@@ -9,8 +9,6 @@ the format of pytorch-fid and clean-fid.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ecad.files import atomic_write
 from ecad.metrics.base import MissingWeightsError
 from ecad.metrics.images import iter_image_folder
 from ecad.metrics.inception import FEATURE_DIM, INPUT_SIZE, FidInceptionV3
@@ -54,15 +53,8 @@ class FidStatistics:
             return cls(mu=data["mu"].astype(np.float64), sigma=data["sigma"].astype(np.float64))
 
     def save(self, path: Path) -> None:
-        """Write atomically (temp file + rename), so a reader never sees half a file."""
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, mu=self.mu, sigma=self.sigma)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as handle:
+            np.savez(handle, mu=self.mu, sigma=self.sigma)
 
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:

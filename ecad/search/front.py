@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from ecad.files import write_text_atomic
+from ecad.files import atomic_write, write_text_atomic
 from ecad.metrics import higher_is_better
 from ecad.registry import FRONT_FILE, FrontPoint, assign_tiers, point_for, write_registry
 from ecad.schedule import Schedule, ScheduleMetadata
@@ -210,8 +210,5 @@ def plot_front(
     axes.legend(loc="best", fontsize=8)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary)
-    pyplot.close(figure)
-    temporary.replace(path)
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format="png")
