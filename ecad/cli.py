@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -73,6 +74,26 @@ def _key_values(items: list[str], option: str) -> dict[str, str]:
     return pairs
 
 
+# Switches that are not None by default: left out of the command line when at their default.
+_SWITCH_DEFAULTS = {"resume": False, "progress": True}
+
+
+def _command_line(command: str, flags: dict[str, object]) -> str:
+    """The command with the flags given (defaults left out), as a registry's provenance."""
+    words = command.split()
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is _SWITCH_DEFAULTS.get(key):
+            continue
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, list):
+            words += [part for item in value for part in (flag, str(item))]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
 @app.command("search")
 def search(
     config: Annotated[
@@ -130,7 +151,7 @@ def search(
     """Find a model's Pareto front of schedules (NSGA-II) and write its schedule registry."""
     flags = dict(locals())
     from ecad.config import ConfigError
-    from ecad.search import Search, load_search_config, prepare, searched_front, write_outputs
+    from ecad.search import load_search_config, prepare, run_search, write_outputs
 
     overrides = {
         key: value
@@ -146,12 +167,8 @@ def search(
         }
     try:
         settings = load_search_config(config, overrides)
-        setup = prepare(settings)
-        runner = Search(setup, progress=progress)
-        runner.run()
-        searched, front = searched_front(setup, runner.archive.all())
-        validation = runner.validate(front) if setup.validation is not None else None
-        outcome = write_outputs(setup, searched, front, runner.baselines, validation)
+        run = run_search(prepare(settings), progress=progress)
+        outcome = write_outputs(run, provenance=_command_line("ecad search", flags))
     except (ConfigError, ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
@@ -178,10 +195,8 @@ def evaluate(
     progress: Annotated[bool, typer.Option(help="show the progress bar")] = True,
 ) -> None:
     """Re-score every front schedule on held-out prompts, beside no-cache, FORA N=2..5 and fewer steps."""
-    import json as json_module
-
     from ecad.config import ConfigError
-    from ecad.registry import FRONT_FILE
+    from ecad.registry import FRONT_FILE, read_front
     from ecad.search.config import SearchConfig, find_model
     from ecad.search.prompts import read_prompts
     from ecad.search.report import eval_setup, evaluate_registry, write_report
@@ -190,7 +205,7 @@ def evaluate(
         typer.echo(f"error: {registry}: not a registry folder (no {FRONT_FILE})", err=True)
         raise typer.Exit(2)
     try:
-        model_id = model or json_module.loads((registry / FRONT_FILE).read_text())["model_id"]
+        model_id = model or read_front(registry).document.model_id
         entry = find_model(SearchConfig(model=model_id, models_config=models_config))
         metrics = metric or ["fidelity", "psnr"]
         setup = eval_setup(
@@ -204,7 +219,7 @@ def evaluate(
             threads,
         )
         report = evaluate_registry(registry, setup, metrics, progress)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
+    except (ConfigError, ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     markdown, data = write_report(report, out or registry)

@@ -83,7 +83,10 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     lines = []
     for problem in error.errors():
         key = ".".join(str(part) for part in (*([prefix] if prefix else []), *problem["loc"]))
-        lines.append(f"{key}: {problem['msg']}")
+        if key:
+            lines.append(f"{key}: {problem['msg']}")
+        else:  # a whole-document check names its own keys
+            lines.append(problem["msg"].removeprefix("Value error, "))
     return "\n".join(lines)
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from ecad.cache.plan import build_plan, executed_mask, live_after_step
 from ecad.models import Workload
 from ecad.schedule import Schedule
+from ecad.schedule.plan import build_plan, executed_mask, live_after_step
 
 PAPER_RESOLUTION = 256
 PAPER_BATCH = 2

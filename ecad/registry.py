@@ -26,12 +26,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
+from ecad.config import format_validation_error
 from ecad.costs import schedule_cost
 from ecad.files import write_json_atomic
 from ecad.models import Architecture
@@ -40,7 +48,7 @@ from ecad.schedule.io import METADATA_KEY, schedule_from_document
 from ecad.tiers import CACHED_TIERS, Tier
 
 FRONT_FILE = "front.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION: Literal[1] = 1
 
 
 class RegistryError(ValueError):
@@ -68,8 +76,11 @@ class TierRule(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class FrontPoint:
+class FrontPoint(BaseModel):
+    """One Pareto point of `front.json`: a schedule file, its digest and what the search measured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     file: str
     digest: str
     tmacs: float
@@ -84,6 +95,77 @@ class FrontPoint:
     def tier_value(self) -> float | None:
         """What the tier rule reads: the validation score where the search measured one."""
         return self.quality_value if self.validation_value is None else self.validation_value
+
+
+class FrontReference(BaseModel):
+    """The no-cache scores the tier rule measures losses against (calibration and validation)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quality_metric: str | None = None
+    no_cache_value: float | None = None
+    validation_no_cache_value: float | None = None
+    validation_prompts: str | None = None
+
+
+class FrontDocument(BaseModel):
+    """`front.json`, format version 1 (layout in the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: Literal[1]
+    model_id: str
+    family: str
+    steps: int = Field(gt=0)
+    reference: FrontReference = FrontReference()
+    tiers: dict[str, str] = {}
+    points: list[FrontPoint]
+    provenance: str = ""
+
+    @field_serializer("reference")
+    def _measured_only(self, reference: FrontReference) -> dict[str, Any]:
+        return reference.model_dump(exclude_none=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FrontDocument:
+        if not self.points:
+            raise ValueError("no points")
+        files = {p.file for p in self.points}
+        for tier, file in self.tiers.items():
+            if tier not in CACHED_TIERS:
+                raise ValueError(f"tiers.{tier}: unknown tier (expected {', '.join(CACHED_TIERS)})")
+            if file not in files:
+                raise ValueError(f"tiers.{tier}: {file!r} is not listed in points")
+        validated = self.reference.validation_no_cache_value is not None
+        if any((p.validation_value is None) == validated for p in self.points):
+            # A mix would measure validation scores against the calibration no-cache value, or the reverse.
+            raise ValueError(
+                "reference.validation_no_cache_value and a validation_value on every point "
+                "go together (all or none)"
+            )
+        return self
+
+    @property
+    def tier_reference(self) -> float | None:
+        """The no-cache score on the prompts the points' `tier_value`s were measured on."""
+        reference = self.reference
+        value = reference.no_cache_value
+        if reference.validation_no_cache_value is not None:
+            value = reference.validation_no_cache_value
+        return value if value is not None and math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Front:
+    """A read `front.json` with its schedule files, each checked against the digest it lists."""
+
+    path: Path
+    document: FrontDocument
+    schedules: Mapping[str, Schedule]  # by file name, in the document's order
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
 
 
 @dataclass(frozen=True)
@@ -166,7 +248,7 @@ def write_registry(
     model_id: str,
     schedules: Mapping[str, Schedule],
     tiers: Mapping[str, str] | None = None,
-    reference: Mapping[str, Any] | None = None,
+    reference: FrontReference | None = None,
     provenance: str | None = None,
     save_schedules: bool = True,
 ) -> Path:
@@ -182,26 +264,48 @@ def write_registry(
     steps = {s.steps for s in schedules.values()}
     if len(families) != 1 or len(steps) != 1:
         raise ValueError(f"schedules mix families {sorted(families)} or step counts {sorted(steps)}")
-    for tier, file in (tiers or {}).items():
-        if tier not in CACHED_TIERS:
-            raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(CACHED_TIERS)}")
-        if file not in schedules:
-            raise ValueError(f"tier {tier} names {file!r}, which is not among the schedules")
+    points = [point_for(file, schedule) for file, schedule in schedules.items()]
+    try:
+        document = FrontDocument(
+            format_version=FORMAT_VERSION,
+            model_id=model_id,
+            family=families.pop(),
+            steps=steps.pop(),
+            reference=reference or FrontReference(),
+            tiers=dict(tiers or {}),
+            points=sorted(points, key=lambda p: -p.tmacs),
+            provenance=provenance or "",
+        )
+    except ValidationError as error:
+        raise ValueError(format_validation_error(error)) from None
     if save_schedules:
         for file, schedule in schedules.items():
             save_schedule(schedule, directory / file)
-    points = [point_for(file, schedule) for file, schedule in schedules.items()]
-    document: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "model_id": model_id,
-        "family": families.pop(),
-        "steps": steps.pop(),
-        "reference": dict(reference or {}),
-        "tiers": dict(tiers or {}),
-        "points": [asdict(p) for p in sorted(points, key=lambda p: -p.tmacs)],
-        "provenance": provenance or "",
-    }
-    return write_json_atomic(directory / FRONT_FILE, document)
+    return write_json_atomic(directory / FRONT_FILE, document.model_dump(mode="json"))
+
+
+def read_front(directory: str | Path) -> Front:
+    """The one reader of `front.json`: its format, every field, and each listed schedule file (its
+    family, step count and digest); any problem raises `RegistryError` naming the file and key."""
+    path = Path(directory) / FRONT_FILE
+    raw = _read_json(path, f"no such file (a registry folder needs a {FRONT_FILE})")
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if isinstance(raw, dict) and version != FORMAT_VERSION:
+        raise RegistryError(f"{path}: format_version {version!r} is not supported ({FORMAT_VERSION})")
+    try:
+        document = FrontDocument.model_validate(raw)
+    except ValidationError as error:
+        raise RegistryError(f"{path}: {format_validation_error(error)}") from None
+    schedules = {}
+    for point in document.points:
+        schedule = _read_schedule(path.parent / point.file, document.family, document.steps)
+        if schedule.digest() != point.digest:
+            raise RegistryError(
+                f"{path.parent / point.file}: digest {schedule.digest()} differs from {point.digest} in "
+                f"{path} (the file changed; rewrite the registry)"
+            )
+        schedules[point.file] = schedule
+    return Front(path, document, schedules)
 
 
 def exact_only(model_id: str, family: str, steps: int, architecture: Architecture) -> Registry:
@@ -219,119 +323,74 @@ def load_registry(
     architecture: Architecture | None = None,
     rule: TierRule | None = None,
 ) -> Registry:
-    """Read and check a registry for a model; any mismatch raises `RegistryError` naming the file.
+    """Read a registry for a model and resolve every tier; any mismatch raises `RegistryError` naming
+    the file.
 
     `architecture` (from the loaded transformer) also checks block counts; without it the schedules'
     own architecture is trusted.
     """
-    directory = Path(directory)
-    front_path = directory / FRONT_FILE
-    front = _read_front(front_path)
-    if front.get("family") != family:
+    front = read_front(directory)
+    document, path = front.document, front.path
+    if document.family != family:
+        raise RegistryError(f"{path}: family is {document.family!r}, model {model_id} is {family!r}")
+    if document.steps != steps:
         raise RegistryError(
-            f"{front_path}: family is {front.get('family')!r}, model {model_id} is {family!r}"
+            f"{path}: schedules are for {document.steps!r} steps, model {model_id} runs {steps}"
         )
-    if front.get("steps") != steps:
-        raise RegistryError(
-            f"{front_path}: schedules are for {front.get('steps')!r} steps, model {model_id} runs {steps}"
-        )
-    schedules: dict[str, Schedule] = {}
-    points = []
-    for index, raw in enumerate(front.get("points") or []):
-        try:
-            point = FrontPoint(**raw)
-        except TypeError as error:
-            raise RegistryError(f"{front_path}: points.{index}: {error}") from None
-        schedule = _load_checked(directory / point.file, family, steps, architecture)
-        if schedule.digest() != point.digest:
+    for file, schedule in front.schedules.items():
+        if architecture is not None and schedule.architecture.block_counts != architecture.block_counts:
             raise RegistryError(
-                f"{directory / point.file}: digest {schedule.digest()} differs from {point.digest} in "
-                f"{front_path} (the file changed; rewrite the registry)"
+                f"{path.parent / file}: schedule is for {schedule.architecture.block_counts} blocks, "
+                f"the model has {architecture.block_counts}"
             )
-        schedules[point.file] = schedule
-        points.append(point)
-    if not points:
-        raise RegistryError(f"{front_path}: no points")
-    base = architecture or next(iter(schedules.values())).architecture
-    explicit = front.get("tiers") or {}
-    if not isinstance(explicit, dict):
-        raise RegistryError(f"{front_path}: tiers must be an object")
-    for tier, file in explicit.items():
-        if tier not in CACHED_TIERS:
-            raise RegistryError(
-                f"{front_path}: tiers.{tier}: unknown tier (expected {', '.join(CACHED_TIERS)})"
-            )
-        if file not in schedules:
-            raise RegistryError(f"{front_path}: tiers.{tier}: {file!r} is not listed in points")
-    chosen = dict(explicit)
-    reference = front.get("reference") or {}
-    validated = "validation_no_cache_value" in reference
-    if any((p.validation_value is None) == validated for p in points):
-        # A mix would measure validation scores against the calibration no-cache value, or the reverse.
-        raise RegistryError(
-            f"{front_path}: reference.validation_no_cache_value and a validation_value on every point "
-            "go together (all or none)"
-        )
-    no_cache_value = reference.get("validation_no_cache_value" if validated else "no_cache_value")
-    if isinstance(no_cache_value, int | float) and math.isfinite(no_cache_value):
-        ruled = assign_tiers(points, float(no_cache_value), rule or TierRule())
-        chosen = {**ruled, **explicit}
-    ratios = {p.file: p.macs_ratio for p in points}
+    chosen = dict(document.tiers)
+    if document.tier_reference is not None:
+        ruled = assign_tiers(document.points, document.tier_reference, rule or TierRule())
+        chosen = {**ruled, **document.tiers}
+    base = architecture or next(iter(front.schedules.values())).architecture
+    ratios = {p.file: p.macs_ratio for p in document.points}
     resolved = {Tier.EXACT: TierSchedule(Tier.EXACT, no_cache(base, steps), 1.0, None)}
     for tier in reversed(CACHED_TIERS):  # milder first, so fallbacks are already resolved
-        file = chosen.get(tier)
-        if file is None:
+        serving = chosen.get(tier)
+        if serving is None:
             assert tier.milder is not None
             milder = resolved[tier.milder]
             resolved[tier] = TierSchedule(tier, milder.schedule, milder.macs_ratio, milder.file)
         else:
-            resolved[tier] = TierSchedule(tier, schedules[file], ratios[file], file)
-    return Registry(model_id, family, steps, directory, tuple(points), resolved)
+            resolved[tier] = TierSchedule(tier, front.schedules[serving], ratios[serving], serving)
+    return Registry(model_id, family, steps, front.directory, tuple(document.points), resolved)
 
 
-def _read_front(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, missing: str) -> Any:
     try:
-        front = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RegistryError(f"{path}: no such file (a registry folder needs a {FRONT_FILE})") from None
+        raise RegistryError(f"{path}: {missing}") from None
     except json.JSONDecodeError as error:
         raise RegistryError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(front, dict):
-        raise RegistryError(f"{path}: top level must be an object")
-    version = front.get("format_version")
-    if version != FORMAT_VERSION:
-        raise RegistryError(f"{path}: format_version {version!r} is not supported ({FORMAT_VERSION})")
-    return front
 
 
-def _load_checked(path: Path, family: str, steps: int, architecture: Architecture | None) -> Schedule:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RegistryError(f"{path}: listed in {FRONT_FILE} but missing") from None
-    except json.JSONDecodeError as error:
-        raise RegistryError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+def _read_schedule(path: Path, family: str, steps: int) -> Schedule:
+    document = _read_json(path, f"listed in {FRONT_FILE} but missing")
     recorded = document.get(METADATA_KEY, {}).get("family") if isinstance(document, dict) else None
     if recorded is not None and recorded != family:
-        raise RegistryError(f"{path}: schedule is for family {recorded!r}, the model is {family!r}")
+        raise RegistryError(f"{path}: schedule is for family {recorded!r}, the registry is {family!r}")
     try:
-        # Published PixArt-Σ files do not say they are Σ, so the model's family is imposed.
+        # Published PixArt-Σ files do not say they are Σ, so the registry's family is imposed.
         schedule = schedule_from_document(document, path, family)
     except ScheduleFileError as error:
         raise RegistryError(str(error)) from None
     if schedule.steps != steps:
-        raise RegistryError(f"{path}: schedule has {schedule.steps} steps, the model runs {steps}")
-    if architecture is not None and schedule.architecture.block_counts != architecture.block_counts:
-        raise RegistryError(
-            f"{path}: schedule is for {schedule.architecture.block_counts} blocks, "
-            f"the model has {architecture.block_counts}"
-        )
+        raise RegistryError(f"{path}: schedule has {schedule.steps} steps, the registry lists {steps}")
     return schedule
 
 
 __all__ = [
     "FRONT_FILE",
+    "Front",
+    "FrontDocument",
     "FrontPoint",
+    "FrontReference",
     "Registry",
     "RegistryError",
     "TierRule",
@@ -340,5 +399,6 @@ __all__ = [
     "exact_only",
     "load_registry",
     "point_for",
+    "read_front",
     "write_registry",
 ]

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from ecad.cache import Action, CacheEngine, EngineOptions, build_plan
+from ecad.cache import CacheEngine, EngineOptions
 from ecad.schedule import Schedule, fora, no_cache
+from ecad.schedule.plan import Action, build_plan
 from tests.helpers import FAMILIES, STEPS, architecture, build_pipeline, generate
 
 PROMPTS = ["a red circle", "two blue squares on a yellow background"]

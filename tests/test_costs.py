@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ecad.cache import Action, build_plan
 from ecad.costs import schedule_cost
 from ecad.models import get_adapter
 from ecad.schedule import fora, load_schedule, no_cache
+from ecad.schedule.plan import Action, build_plan
 from tests.helpers import ECAD, PUBLISHED
 
 PAPER = PUBLISHED / "schedules_in_paper"

@@ -12,10 +12,12 @@ from ecad.models import get_adapter
 from ecad.registry import (
     FRONT_FILE,
     FrontPoint,
+    FrontReference,
     RegistryError,
     TierRule,
     assign_tiers,
     load_registry,
+    read_front,
     write_registry,
 )
 from ecad.schedule import fora, no_cache
@@ -42,13 +44,13 @@ def test_tier_rule_takes_the_cheapest_point_within_each_loss_ceiling() -> None:
 def test_tier_rule_reads_validation_scores_where_measured() -> None:
     # "c" looks lossless on the prompts the search selected it on, but loses 30 % on validation ones.
     points = [
-        replace(point("a", 5.0, 0.99), validation_value=0.99),
-        replace(point("b", 4.0, 0.97), validation_value=0.96),
-        replace(point("c", 3.0, 1.0), validation_value=0.7),
+        point("a", 5.0, 0.99).model_copy(update={"validation_value": 0.99}),
+        point("b", 4.0, 0.97).model_copy(update={"validation_value": 0.96}),
+        point("c", 3.0, 1.0).model_copy(update={"validation_value": 0.7}),
     ]
     assert [p.tier_value for p in points] == [0.99, 0.96, 0.7]
     assert assign_tiers(points, 1.0, TierRule()) == {"best": "a", "balanced": "b", "fast": "b"}
-    calibration_only = [replace(p, validation_value=None) for p in points]
+    calibration_only = [p.model_copy(update={"validation_value": None}) for p in points]
     assert assign_tiers(calibration_only, 1.0, TierRule()) == {"best": "c", "balanced": "c", "fast": "c"}
 
 
@@ -80,7 +82,7 @@ def test_rule_assigns_tiers_from_measured_quality(tmp_path: Path) -> None:
         tmp_path,
         model_id="m",
         schedules=schedules,
-        reference={"quality_metric": "image_reward", "no_cache_value": 1.0},
+        reference=FrontReference(quality_metric="image_reward", no_cache_value=1.0),
     )
     registry = load_registry(tmp_path, model_id="m", family="pixart_alpha", steps=20)
     assert registry.for_tier("best").file == "fora_2.json"
@@ -101,7 +103,7 @@ def test_rule_reads_validation_scores_against_the_validation_no_cache_value(tmp_
             validation,
         )
         schedules[f"fora_{every}.json"] = schedule
-    reference = {"quality_metric": "clip", "no_cache_value": 1.0, "validation_no_cache_value": 0.9}
+    reference = FrontReference(quality_metric="clip", no_cache_value=1.0, validation_no_cache_value=0.9)
     write_registry(tmp_path, model_id="m", schedules=schedules, reference=reference)
     registry = load_registry(tmp_path, model_id="m", family="pixart_alpha", steps=20)
     # Against 0.9: fora_2 loses 1.1 %, fora_3 3.3 %, fora_4 22 %. Against 1.0 every loss would exceed 2 %.
@@ -177,3 +179,41 @@ def test_committed_registries_load(folder: str, family: str, tiers: tuple[str, s
     ) == tiers
     ratios = [registry.for_tier(t).macs_ratio for t in ("fast", "balanced", "best", "exact")]
     assert ratios == sorted(ratios, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format_version": 2}, "front.json: format_version 2 is not supported (1)"),
+        ({"colour": "red"}, "front.json: colour: Extra inputs are not permitted"),
+        ({"steps": "many"}, "front.json: steps: Input should be a valid integer, unable to parse string"),
+        ({"tiers": {"fastest": "a.json"}}, "front.json: tiers.fastest: unknown tier (expected fast, "),
+        ({"tiers": {"best": "b.json"}}, "front.json: tiers.best: 'b.json' is not listed in points"),
+        ({"points": []}, "front.json: no points"),
+        ({"points": [{"file": "a.json"}]}, "front.json: points.0.digest: Field required"),
+    ],
+)
+def test_every_reader_of_the_front_file_checks_it(tmp_path: Path, change: dict, message: str) -> None:
+    write_registry(
+        tmp_path, model_id="m", schedules={"a.json": fora(PIXART, 20, 2)}, tiers={"best": "a.json"}
+    )
+    document = json.loads((tmp_path / FRONT_FILE).read_text())
+    (tmp_path / FRONT_FILE).write_text(json.dumps({**document, **change}))
+    with pytest.raises(RegistryError) as error:
+        read_front(tmp_path)
+    assert str(error.value).startswith(f"{tmp_path}/{message}")
+
+
+def test_front_file_round_trips_through_its_model(tmp_path: Path) -> None:
+    schedules = {f"fora_{n}.json": fora(PIXART, 20, n) for n in (2, 3)}
+    reference = FrontReference(quality_metric="clip", no_cache_value=0.5)
+    write_registry(
+        tmp_path, model_id="m", schedules=schedules, tiers={"best": "fora_2.json"}, reference=reference
+    )
+    front = read_front(tmp_path)
+    assert front.document.reference == reference
+    assert front.document.tiers == {"best": "fora_2.json"}
+    assert list(front.schedules) == ["fora_2.json", "fora_3.json"]  # most TMACs first
+    assert {file: s.digest() for file, s in front.schedules.items()} == {
+        p.file: p.digest for p in front.document.points
+    }

@@ -21,9 +21,8 @@ from ecad.registry import FRONT_FILE, RegistryError, load_registry
 from ecad.schedule import fora, load_schedule, no_cache
 from ecad.search import load_search_config
 from ecad.search.archive import ArchivedCandidate
-from ecad.search.front import pareto_front
 from ecad.search.prompts import read_prompts
-from ecad.search.runner import heuristic_seeds
+from ecad.search.runner import heuristic_seeds, pareto_front
 from tests.helpers import ECAD
 
 MODELS = """
@@ -74,6 +73,12 @@ def test_search_writes_a_registry_the_server_can_load(uninterrupted: Path) -> No
     front = json.loads((uninterrupted / FRONT_FILE).read_text())
     assert front["model_id"] == "tiny" and front["family"] == "pixart_alpha" and front["steps"] == 6
     assert front["reference"] == {"quality_metric": "ssim", "no_cache_value": 1.0}
+    root = uninterrupted.parent
+    assert front["provenance"] == (
+        f"ecad search --models-config {root}/config.yaml --prompts drawbench-200 --prompt-limit 3 "
+        f"--images-per-prompt 1 --population 8 --generations 3 --metric ssim "
+        f"--out {root}/registry-plain --state {root}/state-plain --threads 1 --no-progress"
+    )
     assert front["points"], "an empty front"
     tmacs = [p["tmacs"] for p in front["points"]]
     qualities = [p["quality_value"] for p in front["points"]]

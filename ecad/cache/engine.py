@@ -18,9 +18,9 @@ from ecad.cache.hooks import (
     RunState,
     StepClockHook,
 )
-from ecad.cache.plan import build_plan
 from ecad.models import architecture_of
 from ecad.schedule import Schedule
+from ecad.schedule.plan import build_plan
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from ecad.cache.plan import Action
 from ecad.models import Component
+from ecad.schedule.plan import Action
 
 CLOCK_HOOK = "ecad_step_clock"
 COMPONENT_HOOK = "ecad_component_cache"

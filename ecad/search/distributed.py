@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 from dask.distributed import Client, LocalCluster, as_completed
@@ -13,16 +14,25 @@ from ecad.search.evaluator import Evaluation, EvaluationSetup, evaluate_bits
 
 
 class CandidatePool:
-    """Evaluates candidates on whatever workers the client has; the same code path for every layout."""
+    """Evaluates candidates on whatever workers the client has; the same code path for every layout.
 
-    def __init__(self, client: Client, setup: EvaluationSetup) -> None:
+    One pool serves a whole search: each evaluation setup (calibration, validation) is sent to the
+    workers once, on first use."""
+
+    def __init__(self, client: Client) -> None:
         self.client = client
-        self.setup = client.scatter(setup, broadcast=True)
+        self._scattered: dict[str, Any] = {}
 
-    def evaluate(self, candidates: Sequence[tuple[str, np.ndarray]]) -> Iterator[tuple[int, Evaluation]]:
+    def evaluate(
+        self, setup: EvaluationSetup, candidates: Sequence[tuple[str, np.ndarray]]
+    ) -> Iterator[tuple[int, Evaluation]]:
         """(index into `candidates`, result) in completion order, so each can be archived at once."""
+        key = setup.key()
+        if key not in self._scattered:
+            self._scattered[key] = self.client.scatter(setup, broadcast=True)
+        scattered = self._scattered[key]
         futures = [
-            self.client.submit(evaluate_bits, self.setup, bits, name, pure=False) for name, bits in candidates
+            self.client.submit(evaluate_bits, scattered, bits, name, pure=False) for name, bits in candidates
         ]
         index_of = {future.key: index for index, future in enumerate(futures)}
         for future, evaluation in as_completed(futures, with_results=True):
@@ -30,7 +40,7 @@ class CandidatePool:
 
 
 @contextmanager
-def open_pool(address: str | None, setup: EvaluationSetup) -> Iterator[CandidatePool]:
+def open_pool(address: str | None) -> Iterator[CandidatePool]:
     """None: one in-process worker; `local:N`: N worker processes here; otherwise a scheduler address."""
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if address is None or address.startswith("local:"):
@@ -43,7 +53,7 @@ def open_pool(address: str | None, setup: EvaluationSetup) -> Iterator[Candidate
             silence_logs=logging.WARNING,
         )
         with cluster, Client(cluster) as client:
-            yield CandidatePool(client, setup)
+            yield CandidatePool(client)
     else:
         with Client(address) as client:
-            yield CandidatePool(client, setup)
+            yield CandidatePool(client)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+from matplotlib.figure import Figure
 
 from ecad.files import atomic_write, write_text_atomic
 from ecad.metrics import higher_is_better
-from ecad.registry import FRONT_FILE, FrontPoint, assign_tiers, point_for, write_registry
+from ecad.registry import (
+    FRONT_FILE,
+    FrontPoint,
+    FrontReference,
+    assign_tiers,
+    point_for,
+    write_registry,
+)
 from ecad.schedule import Schedule, ScheduleMetadata
 from ecad.search.archive import ArchivedCandidate
-from ecad.search.runner import SearchSetup
+from ecad.search.runner import SearchRun
+from ecad.tiers import CACHED_TIERS, Tier
 
 FILE_PREFIX = "ecad_gen"
 PLOT_FILE = "pareto.png"
@@ -24,48 +29,30 @@ SUMMARY_FILE = "summary.md"
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    front: list[tuple[str, Schedule]]
+    """The registry written from a run: its schedule files and the tier each serves."""
+
+    run: SearchRun
+    schedules: dict[str, Schedule]  # by file name
+    points: list[FrontPoint]
     tiers: dict[str, str]
-    no_cache_quality: float
-    baselines: dict[str, ArchivedCandidate]
     registry: Path
-    validation: dict[str, ArchivedCandidate] | None = None  # by digest: front and baselines re-scored
+
+    @property
+    def no_cache(self) -> ArchivedCandidate:
+        return self.run.baselines["no_cache"]
 
 
-def pareto_front(candidates: list[ArchivedCandidate], higher_is_better: bool) -> list[ArchivedCandidate]:
-    """Non-dominated candidates by (quality, TMACs) over every generation, cheapest first."""
-    if not candidates:
-        return []
-    sign = -1.0 if higher_is_better else 1.0
-    objectives = np.array([[sign * c.quality, c.tmacs] for c in candidates])
-    first = NonDominatedSorting().do(objectives, only_non_dominated_front=True)
-    return sorted((candidates[int(i)] for i in first), key=lambda c: (c.tmacs, c.digest))
+def write_outputs(run: SearchRun, provenance: str) -> SearchOutcome:
+    """The registry of a run (schedule files, `front.json` with tiers), its plot and summary.
 
-
-def searched_front(
-    setup: SearchSetup, candidates: list[ArchivedCandidate]
-) -> tuple[list[ArchivedCandidate], list[ArchivedCandidate]]:
-    """The cached schedules the GA evaluated, and their Pareto front."""
-    searched = [c for c in candidates if c.generation >= 0 and not setup.schedule(c.bits, "x").is_no_cache]
-    return searched, pareto_front(searched, higher_is_better(setup.config.metric))
-
-
-def write_outputs(
-    setup: SearchSetup,
-    searched: list[ArchivedCandidate],
-    front: list[ArchivedCandidate],
-    baselines: dict[str, ArchivedCandidate],
-    validation: dict[str, ArchivedCandidate] | None = None,
-) -> SearchOutcome:
-    """`searched` and `front`: from `searched_front`; `baselines`: no-cache and FORA by schedule name;
-    `validation`: the front and baselines re-scored on the validation prompts (`Search.validate`), by
-    digest, which the tier rule then reads instead of the search's own scores."""
+    With validation scores the tier rule reads them instead of the search's own; `provenance` says
+    how the run was made (the command line)."""
+    setup, validation = run.setup, run.validation
     config, evaluation = setup.config, setup.evaluation
-    better_high = higher_is_better(config.metric)
-    reference = baselines["no_cache"]
+    reference = run.baselines["no_cache"]
 
     schedules: dict[str, Schedule] = {}
-    for candidate in front:
+    for candidate in run.front:
         name = f"{FILE_PREFIX}{candidate.generation:03d}_{candidate.digest}"
         schedule = setup.schedule(candidate.bits, name)
         schedule.metadata = ScheduleMetadata(
@@ -82,13 +69,16 @@ def write_outputs(
         )
         schedules[f"{name}.json"] = schedule
     points = [point_for(file, schedule) for file, schedule in schedules.items()]
-    recorded: dict[str, object] = {"quality_metric": config.metric, "no_cache_value": reference.quality}
-    tier_reference = reference.quality
+    recorded = FrontReference(quality_metric=config.metric, no_cache_value=reference.quality)
     if validation is not None:
-        tier_reference = validation[reference.digest].quality
-        recorded["validation_no_cache_value"] = tier_reference
-        recorded["validation_prompts"] = config.validation_prompts
-    tiers = assign_tiers(points, tier_reference, config.tier_rule, better_high)
+        recorded = recorded.model_copy(
+            update={
+                "validation_no_cache_value": validation[reference.digest].quality,
+                "validation_prompts": config.validation_prompts,
+            }
+        )
+    tier_reference = reference.quality if validation is None else validation[reference.digest].quality
+    tiers = assign_tiers(points, tier_reference, config.tier_rule, higher_is_better(config.metric))
     for tier, file in tiers.items():
         schedules[file].metadata = replace(schedules[file].metadata, tier=tier)
 
@@ -102,21 +92,20 @@ def write_outputs(
         schedules=schedules,
         tiers=tiers,
         reference=recorded,
-        provenance="ecad search " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["search"] else sys.argv[1:]),
+        provenance=provenance,
     )
-    outcome = SearchOutcome(
-        list(schedules.items()), tiers, reference.quality, baselines, registry, validation
-    )
-    plot_front(outcome, points, searched, setup, registry / PLOT_FILE)
-    write_text_atomic(registry / SUMMARY_FILE, summary_table(outcome, points, setup))
+    outcome = SearchOutcome(run, schedules, points, tiers, registry)
+    plot_front(outcome, registry / PLOT_FILE)
+    write_text_atomic(registry / SUMMARY_FILE, summary_table(outcome))
     return outcome
 
 
-def summary_table(outcome: SearchOutcome, points: list[FrontPoint], setup: SearchSetup) -> str:
-    config, evaluation = setup.config, setup.evaluation
+def summary_table(outcome: SearchOutcome) -> str:
+    run = outcome.run
+    setup, validation = run.setup, run.validation
+    config, evaluation, held = setup.config, setup.evaluation, setup.validation
     tier_of = {file: tier for tier, file in outcome.tiers.items()}
-    no_cache_tmacs = outcome.baselines["no_cache"].tmacs
-    validation, held = outcome.validation, setup.validation
+    no_cache_tmacs = outcome.no_cache.tmacs
     lines = [
         f"# Search result: {setup.model.id}",
         "",
@@ -137,14 +126,14 @@ def summary_table(outcome: SearchOutcome, points: list[FrontPoint], setup: Searc
         f"| schedule | tier | {config.metric} |{column} TMACs | MAC ratio | generation |",
         "|---|---|---|---|---|---|" + ("---|" if validation is not None else ""),
     ]
-    for point in sorted(points, key=lambda p: -p.tmacs):
+    for point in sorted(outcome.points, key=lambda p: -p.tmacs):
         tier = tier_of.get(point.file, "")
         validated = "" if validation is None else f" {point.validation_value:.6g} |"
         lines.append(
             f"| {point.file} | {tier} | {point.quality_value:.6g} |{validated} {point.tmacs:.4g} | "
             f"{point.macs_ratio:.2f}× | {point.generation} |"
         )
-    for name, baseline in sorted(outcome.baselines.items(), key=lambda item: -item[1].tmacs):
+    for name, baseline in sorted(run.baselines.items(), key=lambda item: -item[1].tmacs):
         ratio = no_cache_tmacs / baseline.tmacs
         validated = "" if validation is None else f" {validation[baseline.digest].quality:.6g} |"
         lines.append(
@@ -154,47 +143,39 @@ def summary_table(outcome: SearchOutcome, points: list[FrontPoint], setup: Searc
     return "\n".join(lines) + "\n"
 
 
-def plot_front(
-    outcome: SearchOutcome,
-    points: list[FrontPoint],
-    searched: list[ArchivedCandidate],
-    setup: SearchSetup,
-    path: Path,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    no_cache_tmacs = outcome.baselines["no_cache"].tmacs
-    figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
+def plot_front(outcome: SearchOutcome, path: Path) -> None:
+    """Quality against MAC ratio: every evaluated candidate, the front, its tiers and the baselines.
+    Drawn on a bare `Figure` (no pyplot), so no global matplotlib backend is set."""
+    run, points = outcome.run, outcome.points
+    no_cache_tmacs = outcome.no_cache.tmacs
+    figure = Figure(figsize=(7, 4.5), dpi=120)
+    axes = figure.subplots()
     axes.scatter(
-        [no_cache_tmacs / c.tmacs for c in searched],
-        [c.quality for c in searched],
+        [no_cache_tmacs / c.tmacs for c in run.searched],
+        [c.quality for c in run.searched],
         s=8,
         color="0.75",
         label="evaluated candidates",
     )
     front = sorted(points, key=lambda p: p.macs_ratio)
     ratios = [p.macs_ratio for p in front]
-    axes.plot(ratios, [p.quality_value for p in front], "o-", color="tab:blue", label="Pareto front")
-    validation = outcome.validation
+    quality = {c.digest: c.quality for c in run.front}
+    axes.plot(ratios, [quality[p.digest] for p in front], "o-", color="tab:blue", label="Pareto front")
+    validation = run.validation
     if validation is not None:
-        validated = [p.validation_value for p in front]
+        validated = [validation[p.digest].quality for p in front]
         label = "front on the validation prompts (tiers)"
         axes.plot(ratios, validated, "o:", color="tab:purple", markerfacecolor="none", label=label)
-        no_cache = validation[outcome.baselines["no_cache"].digest].quality
+        no_cache = validation[outcome.no_cache.digest].quality
         axes.axhline(no_cache, color="tab:purple", linestyle=":", linewidth=0.8, label="no cache, validation")
-    tiers_at: dict[str, list[str]] = {}
+    tiers_at: dict[str, list[Tier]] = {}
     for tier, file in outcome.tiers.items():
-        tiers_at.setdefault(file, []).append(tier)
+        tiers_at.setdefault(file, []).append(Tier(tier))
     for file, tiers in tiers_at.items():
         point = next(p for p in points if p.file == file)
-        label = "/".join(sorted(tiers, key=["fast", "balanced", "best"].index))
+        label = "/".join(sorted(tiers, key=CACHED_TIERS.index))
         axes.annotate(label, (point.macs_ratio, point.tier_value), textcoords="offset points", xytext=(6, 6))
-    fora = sorted(
-        (b for name, b in outcome.baselines.items() if name.startswith("fora")), key=lambda b: -b.tmacs
-    )
+    fora = sorted((b for name, b in run.baselines.items() if name.startswith("fora")), key=lambda b: -b.tmacs)
     axes.plot(
         [no_cache_tmacs / b.tmacs for b in fora],
         [b.quality for b in fora],
@@ -202,11 +183,11 @@ def plot_front(
         color="tab:orange",
         label="FORA N=2..5",
     )
-    axes.axhline(outcome.no_cache_quality, color="tab:green", linestyle=":", label="no cache")
+    axes.axhline(outcome.no_cache.quality, color="tab:green", linestyle=":", label="no cache")
     axes.ticklabel_format(axis="y", useOffset=False)
     axes.set_xlabel("MAC ratio (no-cache MACs / schedule MACs)")
-    axes.set_ylabel(setup.config.metric)
-    axes.set_title(f"{setup.model.id}: quality vs compute")
+    axes.set_ylabel(run.setup.config.metric)
+    axes.set_title(f"{run.setup.model.id}: quality vs compute")
     axes.legend(loc="best", fontsize=8)
     axes.grid(alpha=0.3)
     figure.tight_layout()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,8 +13,8 @@ from ecad.config import ModelConfig
 from ecad.costs import schedule_cost
 from ecad.files import write_json_atomic, write_text_atomic
 from ecad.metrics import get_metric, summary_score
-from ecad.registry import FRONT_FILE
-from ecad.schedule import Schedule, fora, load_schedule, no_cache
+from ecad.registry import RegistryError, read_front
+from ecad.schedule import Schedule, fora, no_cache
 from ecad.search.evaluator import CandidateEvaluator, EvaluationSetup
 
 
@@ -43,11 +42,12 @@ class EvalReport:
 
 
 def front_schedules(registry: Path, family: str) -> list[tuple[Schedule, str | None]]:
-    front = json.loads((registry / FRONT_FILE).read_text(encoding="utf-8"))
-    tier_of = {file: tier for tier, file in (front.get("tiers") or {}).items()}
-    return [
-        (load_schedule(registry / p["file"], family=family), tier_of.get(p["file"])) for p in front["points"]
-    ]
+    """The registry's schedules with the tier each serves (by the written tiers), in front order."""
+    front = read_front(registry)
+    if front.document.family != family:
+        raise RegistryError(f"{front.path}: family is {front.document.family!r}, the model is {family!r}")
+    tier_of = {file: tier for tier, file in front.document.tiers.items()}
+    return [(schedule, tier_of.get(file)) for file, schedule in front.schedules.items()]
 
 
 def evaluate_registry(

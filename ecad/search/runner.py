@@ -5,31 +5,26 @@ from __future__ import annotations
 import logging
 import pickle
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.problem import Problem
 from pymoo.indicators.hv import HV
 from pymoo.operators.crossover.pntx import PointCrossover
 from pymoo.operators.mutation.bitflip import BitflipMutation
 from pymoo.operators.sampling.rnd import BinaryRandomSampling
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from tqdm import tqdm
 
-from ecad.config import ModelConfig
-from ecad.costs import schedule_cost
 from ecad.files import write_bytes_atomic
 from ecad.metrics import higher_is_better
 from ecad.models import Architecture, get_adapter
-from ecad.pipelines.loading import load_transformer_config
 from ecad.schedule import Schedule, evenly_spaced, fora, fora_attention, no_cache, tgate
 from ecad.search.archive import Archive, ArchivedCandidate
-from ecad.search.config import SearchConfig, find_model
 from ecad.search.distributed import CandidatePool, open_pool
 from ecad.search.evaluator import EvaluationSetup
-from ecad.search.prompts import read_prompts
+from ecad.search.setup import SearchSetup
 
 logger = logging.getLogger(__name__)
 
@@ -45,81 +40,6 @@ class ScheduleProblem(Problem):
 
     def __init__(self, n_bits: int) -> None:
         super().__init__(n_var=n_bits, n_obj=2, n_ieq_constr=1, xl=0, xu=1, vtype=bool)
-
-
-@dataclass
-class SearchSetup:
-    """What the driver derives from the config once: model, architecture, workload and evaluation setup
-    (and the same setup on the validation prompts, when the config names some)."""
-
-    config: SearchConfig
-    model: ModelConfig
-    architecture: Architecture
-    evaluation: EvaluationSetup
-    validation: EvaluationSetup | None = None
-
-    @property
-    def steps(self) -> int:
-        return self.evaluation.steps
-
-    @property
-    def registry_dir(self) -> Path:
-        """`--out`, else the folder the server reads for this model (`schedules` of its entry, else
-        schedules/<id> beside the models config)."""
-        return self.config.out or self.model.registry_dir(self.config.models_config.resolve().parent)
-
-    def schedule(self, bits: np.ndarray, name: str) -> Schedule:
-        return Schedule.from_genome(
-            torch.from_numpy(np.asarray(bits, dtype=bool)), self.architecture, self.steps, name=name
-        )
-
-    def tmacs(self, schedule: Schedule) -> float:
-        cost = schedule_cost(
-            schedule,
-            height=self.evaluation.height,
-            width=self.evaluation.width,
-            text_tokens=self.evaluation.text_tokens,
-        )
-        return cost.tmacs
-
-
-def prepare(config: SearchConfig) -> SearchSetup:
-    model = find_model(config)
-    # Named from here on (the default is the config's first model): outputs and checkpoints use its id.
-    config = config.model_copy(update={"model": model.id})
-    adapter = get_adapter(model.family)
-    architecture = adapter.architecture(load_transformer_config(model))
-    width, height = model.native_size
-    if config.resolution is not None:
-        width = height = config.resolution
-    default_prompts = "imagereward-100"
-    prompts = read_prompts(config.prompts or default_prompts, limit=config.prompt_limit)
-    evaluation = EvaluationSetup(
-        model=model,
-        prompts=tuple(prompts),
-        seeds=tuple(range(config.images_per_prompt)),
-        steps=config.steps or model.steps,
-        guidance=config.guidance if config.guidance is not None else model.guidance_scale,
-        height=height,
-        width=width,
-        text_tokens=config.text_tokens,
-        metric=config.metric,
-        metric_options=tuple(sorted(config.metric_options.items())),
-        batch_size=config.batch_size,
-        measure_latency=config.cost == "latency",
-        threads=config.threads,
-    )
-    validation = None
-    if config.validation_prompts is not None:
-        held = read_prompts(config.validation_prompts, limit=config.validation_prompt_limit)
-        overlap = sorted(set(held) & set(prompts))
-        if overlap:
-            raise ValueError(
-                f"validation prompts must differ from the search's; {len(overlap)} are in both, "
-                f"e.g. {overlap[0]!r}"
-            )
-        validation = replace(evaluation, prompts=tuple(held))
-    return SearchSetup(config, model, architecture, evaluation, validation)
 
 
 def heuristic_seeds(architecture: Architecture, steps: int) -> list[Schedule]:
@@ -193,6 +113,48 @@ class SearchState:
     hv_scale: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class SearchRun:
+    """What a search found: every cached schedule the GA evaluated, their Pareto front, the baselines
+    (no-cache and FORA N=2..5, by schedule name) and, with validation prompts, the front and the
+    baselines re-scored there (by digest) — which the tier rule then reads."""
+
+    setup: SearchSetup
+    searched: list[ArchivedCandidate]
+    front: list[ArchivedCandidate]
+    baselines: dict[str, ArchivedCandidate]
+    validation: dict[str, ArchivedCandidate] | None = None
+
+
+def run_search(setup: SearchSetup, progress: bool = True) -> SearchRun:
+    """The whole search on one evaluation pool: the GA (resumable), the baselines, then validation."""
+    search = Search(setup, progress)
+    try:
+        with open_pool(setup.config.dask) as pool:
+            search.run(pool)
+            baselines = search.score_baselines(pool)
+            searched = [
+                c
+                for c in search.archive.all()
+                if c.generation >= 0 and not setup.schedule(c.bits, "x").is_no_cache
+            ]
+            front = pareto_front(searched, higher_is_better(setup.config.metric))
+            validation = search.validate(pool, front, baselines) if setup.validation is not None else None
+    finally:
+        search.archive.close()
+    return SearchRun(setup, searched, front, baselines, validation)
+
+
+def pareto_front(candidates: list[ArchivedCandidate], higher_is_better: bool) -> list[ArchivedCandidate]:
+    """Non-dominated candidates by (quality, TMACs), cheapest first."""
+    if not candidates:
+        return []
+    sign = -1.0 if higher_is_better else 1.0
+    objectives = np.array([[sign * c.quality, c.tmacs] for c in candidates])
+    first = NonDominatedSorting().do(objectives, only_non_dominated_front=True)
+    return sorted((candidates[int(i)] for i in first), key=lambda c: (c.tmacs, c.digest))
+
+
 class Search:
     """The resumable loop: ask → evaluate (archive first, then workers) → tell → checkpoint."""
 
@@ -204,7 +166,6 @@ class Search:
         self.archive = Archive(self.state_dir / ARCHIVE, n_bits)
         self.progress = progress
         self.hits = 0
-        self.baselines: dict[str, ArchivedCandidate] = {}
         self.quality_higher_is_better = higher_is_better(self.config.metric)
 
     def load_or_start(self) -> SearchState:
@@ -236,12 +197,15 @@ class Search:
         pool: CandidatePool,
         genomes: np.ndarray,
         generation: int,
+        *,
+        evaluation: EvaluationSetup | None = None,
         archive: Archive | None = None,
         progress: str | None = None,
     ) -> list[ArchivedCandidate]:
         """Archive hits first; the rest, deduplicated, on the workers; each result archived at once.
-        `archive` is the search's own unless given (the validation scores keep theirs); `progress` names
-        a progress bar over the evaluations."""
+        `evaluation` and `archive` are the search's own unless given (validation has its own);
+        `progress` names a progress bar over the evaluations."""
+        evaluation = self.setup.evaluation if evaluation is None else evaluation
         archive = self.archive if archive is None else archive
         schedules = [
             self.setup.schedule(bits, f"gen_{generation:03d}_cand_{i:03d}") for i, bits in enumerate(genomes)
@@ -257,16 +221,16 @@ class Search:
             else:
                 pending.setdefault(digest, schedule)
         order = list(pending.items())
-        evaluations = pool.evaluate([(s.name, s.genome().numpy()) for _, s in order])
+        evaluations = pool.evaluate(evaluation, [(s.name, s.genome().numpy()) for _, s in order])
         shown = progress is not None and self.progress
-        for index, evaluation in tqdm(evaluations, total=len(order), desc=progress, disable=not shown):
+        for index, scored in tqdm(evaluations, total=len(order), desc=progress, disable=not shown):
             digest, schedule = order[index]
             candidate = ArchivedCandidate(
                 digest=digest,
                 bits=schedule.genome().numpy(),
-                quality=evaluation.quality,
+                quality=scored.quality,
                 tmacs=self.setup.tmacs(schedule),
-                latency_ms=evaluation.latency_ms,
+                latency_ms=scored.latency_ms,
                 generation=generation,
             )
             archive.add(candidate)
@@ -276,13 +240,22 @@ class Search:
     def objectives(
         self, candidates: list[ArchivedCandidate], genomes: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        cost = [c.latency_ms if self.config.cost == "latency" else c.tmacs for c in candidates]
+        cost = [self._cost(c) for c in candidates]
         sign = -1.0 if self.quality_higher_is_better else 1.0
-        minimised = np.column_stack([[sign * c.quality for c in candidates], cost]).astype(float)
+        quality = [sign * c.quality for c in candidates]
+        minimised = np.column_stack([quality, cost]).astype(float)
         violation = (1.0 - (~genomes).sum(axis=1, keepdims=True)).astype(float)
         return minimised, violation
 
-    def run(self) -> SearchState:
+    def _cost(self, candidate: ArchivedCandidate) -> float:
+        if self.config.cost == "macs":
+            return candidate.tmacs
+        if candidate.latency_ms is None:
+            raise ValueError(f"candidate {candidate.digest} was archived without a latency")
+        return candidate.latency_ms
+
+    def run(self, pool: CandidatePool) -> SearchState:
+        """The GA from its checkpoint (or the start) to the configured generation count."""
         state = self.load_or_start()
         algorithm = state.algorithm
         bar = tqdm(
@@ -293,23 +266,21 @@ class Search:
             desc=f"search {self.setup.model.id}",
         )
         try:
-            with open_pool(self.config.dask, self.setup.evaluation) as pool:
-                while algorithm.has_next():
-                    population = algorithm.ask()
-                    genomes = population.get("X").astype(bool)
-                    candidates = self.evaluate(pool, genomes, state.generation)
-                    minimised, violation = self.objectives(candidates, genomes)
-                    population.set("F", minimised, "G", violation)
-                    algorithm.tell(infills=population)
-                    state.generation += 1
-                    if state.hv_scale is None:
-                        self._fix_hv_frame(state, minimised)
-                    self.checkpoint(state)
-                    bar.update(1)
-                    bar.set_postfix(
-                        evaluated=len(self.archive), hits=self.hits, hv=f"{self.hypervolume(state):.4g}"
-                    )
-                self.baselines = self.score_baselines(pool)
+            while algorithm.has_next():
+                population = algorithm.ask()
+                genomes = population.get("X").astype(bool)
+                candidates = self.evaluate(pool, genomes, state.generation)
+                minimised, violation = self.objectives(candidates, genomes)
+                population.set("F", minimised, "G", violation)
+                algorithm.tell(infills=population)
+                state.generation += 1
+                if state.hv_scale is None:
+                    self._fix_hv_frame(state, minimised)
+                self.checkpoint(state)
+                bar.update(1)
+                bar.set_postfix(
+                    evaluated=len(self.archive), hits=self.hits, hv=f"{self.hypervolume(state):.4g}"
+                )
         finally:
             bar.close()
         return state
@@ -324,7 +295,12 @@ class Search:
         scored = self.evaluate(pool, genomes, generation=BASELINE_GENERATION)
         return {schedule.name: candidate for schedule, candidate in zip(schedules, scored, strict=True)}
 
-    def validate(self, front: list[ArchivedCandidate]) -> dict[str, ArchivedCandidate]:
+    def validate(
+        self,
+        pool: CandidatePool,
+        front: list[ArchivedCandidate],
+        baselines: dict[str, ArchivedCandidate],
+    ) -> dict[str, ArchivedCandidate]:
         """The front and the baselines re-scored on the validation prompts, by digest.
 
         Calibration scores are what the GA selected on, so they flatter the front; the tier rule reads
@@ -336,12 +312,16 @@ class Search:
         # Named by what decides the scores (not the worker's thread count), so a rerun finds it.
         name = f"validation-{replace(validation, threads=None).key()}.sqlite"
         archive = Archive(self.state_dir / name, self.archive.n_bits)
-        genomes = np.array([c.bits for c in front] + [b.bits for b in self.baselines.values()], dtype=bool)
+        genomes = np.array([c.bits for c in front] + [b.bits for b in baselines.values()], dtype=bool)
         try:
-            with open_pool(self.config.dask, validation) as pool:
-                scored = self.evaluate(
-                    pool, genomes, VALIDATION_GENERATION, archive=archive, progress="validation"
-                )
+            scored = self.evaluate(
+                pool,
+                genomes,
+                VALIDATION_GENERATION,
+                evaluation=validation,
+                archive=archive,
+                progress="validation",
+            )
         finally:
             archive.close()
         return {candidate.digest: candidate for candidate in scored}

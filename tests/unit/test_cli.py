@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -80,3 +82,10 @@ def test_registry_heuristic_names_an_unknown_model(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(server_config()))
     result = runner.invoke(app, ["registry", "heuristic", "--config", str(path), "--model", "nope"])
     assert (result.exit_code, result.output) == (2, f"error: no model 'nope' in {path}\n")
+
+
+def test_the_cli_starts_without_diffusers() -> None:
+    # A fresh interpreter: this test process has imported diffusers long ago.
+    probe = "import sys, server.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout == "[]\n"

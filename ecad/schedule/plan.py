@@ -1,5 +1,7 @@
 """The static execution plan of a schedule: what each component does at each step.
 
+Pure torch, beside the schedule, so costs and the CLI start without importing diffusers.
+
 A schedule is fixed before the run, so the lifetime of every cached value is known in advance:
 a slot is filled only when a later step reads it and dropped after its last read, and work whose
 result is never read (FLUX single-block attention/MLP while `proj_out` is reused) is skipped.
