@@ -14,7 +14,7 @@ import torch
 
 from ecad.models import Workload
 from ecad.schedule import Schedule
-from ecad.schedule.plan import build_plan, executed_mask, live_after_step
+from ecad.schedule.actions import executed_mask, live_after_step, schedule_actions
 
 PAPER_RESOLUTION = 256
 PAPER_BATCH = 2
@@ -78,16 +78,16 @@ def schedule_cost(
     work = workload_for(schedule, height, width, text_tokens, batch)
     macs = _component_table(schedule, adapter.component_macs(arch, work))
     fixed = float(adapter.fixed_macs(arch, work)) * schedule.steps
-    plan = build_plan(schedule)
+    actions = schedule_actions(schedule)
 
     scheduled = fixed + float((schedule.effective_mask().double() * macs).sum())
-    executed = fixed + float((executed_mask(plan).double() * macs).sum())
+    executed = fixed + float((executed_mask(actions).double() * macs).sum())
     no_cache = fixed + float(macs.sum()) * schedule.steps
 
     slot_bytes = _component_table(schedule, adapter.slot_elements(arch, work)) * bytes_per_element
-    live = live_after_step(plan).double()
+    live = live_after_step(actions).double()
     peak = float((live * slot_bytes).sum(dim=(1, 2)).max())
-    ever_stored = (plan == 1).any(dim=0).double()
+    ever_stored = (actions == 1).any(dim=0).double()
     return ScheduleCost(
         family=schedule.family,
         name=schedule.name,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server import errors, metrics
+from server import errors, telemetry
 
 # Completions the drain rate averages over: enough to span a couple of batches (whose requests
 # finish together, one long interval then zeros), few enough to follow a change of workload.
@@ -52,7 +52,7 @@ class ModelQueue:
             if depth == 0:
                 self._busy_since.value = self.clock()
             self._depth.value = depth + 1
-        metrics.QUEUE_DEPTH.labels(model=self.model_id).set(depth + 1)
+        telemetry.QUEUE_DEPTH.labels(model=self.model_id).set(depth + 1)
         return Admission(self)
 
     def wait_s(self, depth: int | None = None) -> float | None:
@@ -77,7 +77,7 @@ class ModelQueue:
             self._busy_since.value = now
             self._depth.value -= 1
             depth = self._depth.value
-        metrics.QUEUE_DEPTH.labels(model=self.model_id).set(depth)
+        telemetry.QUEUE_DEPTH.labels(model=self.model_id).set(depth)
 
 
 @dataclass

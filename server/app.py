@@ -19,7 +19,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import errors, metrics
+from server import errors, telemetry
 from server.auth import ApiKeys
 from server.config import AppConfig
 from server.gateway import Gateway, request_id_of
@@ -197,7 +197,7 @@ def _add_routes(app: FastAPI, gateway: Gateway, transport: Transport, config: Ap
             pid = path.stem.rsplit("_", 1)[-1]
             if pid.isdigit() and not process_alive(int(pid)):
                 multiprocess.mark_process_dead(int(pid))
-        body, content_type = metrics.render()
+        body, content_type = telemetry.render()
         return Response(body, media_type=content_type)
 
     async def image_file(image_id: str) -> Response:

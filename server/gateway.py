@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from server import errors, metrics
+from server import errors, telemetry
 from server.admission import Admission
 from server.auth import ApiKeys
 from server.body import read_json_object
@@ -95,7 +95,7 @@ class Outcome:
     def record(self, status: str) -> None:
         if not self.counted:
             self.counted = True
-            metrics.REQUESTS.labels(model=self.model, tier=self.tier, status=status).inc()
+            telemetry.REQUESTS.labels(model=self.model, tier=self.tier, status=status).inc()
 
 
 class Gateway:
@@ -241,7 +241,7 @@ class _Conversation:
     def succeed(self, report: Report) -> None:
         elapsed = time.monotonic() - self.started
         labels = {"model": self.plan.model_id, "tier": self.plan.tier, "schedule": self.plan.schedule.name}
-        metrics.REQUEST_LATENCY.labels(**labels).observe(elapsed)
+        telemetry.REQUEST_LATENCY.labels(**labels).observe(elapsed)
         self.runtime.latency.observe(
             generation_ms=report.generation_ms,
             images=len(report.seeds),

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from server import metrics
+from server import telemetry
 from server.messages import Failed, Job, Started, WorkerMessage
 from server.state import StateDir
 from server.transport import Envelope, Inbox, Outbox
@@ -94,7 +94,7 @@ class GroupingLoop:
             if now > job.deadline or worker.state.is_cancelled(job.uid):
                 emit(job.uid, Failed(504, "cancelled before start", "timeout"))
             else:
-                metrics.QUEUE_WAIT.labels(model=job.model).observe(now - job.enqueued_at)
+                telemetry.QUEUE_WAIT.labels(model=job.model).observe(now - job.enqueued_at)
                 live.append(job)
         if not live:
             return

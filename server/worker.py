@@ -21,7 +21,7 @@ from ecad.models import architecture_of, get_adapter
 from ecad.pipelines.loading import load_pipeline
 from ecad.registry import TierRule, TierSchedule
 from ecad.tiers import Tier
-from server import metrics
+from server import telemetry
 from server.imaging import encode_b64, fit_to
 from server.loop import Emit, GenerationCancelledError, GroupingLoop
 from server.messages import Done, Image, Job, Partial, Report
@@ -130,11 +130,11 @@ class ImageWorker(ls.LitAPI):
                 computed, reused, skipped = stats.computed, stats.reused, stats.skipped
         generation_s = time.monotonic() - started
         labels = {"model": self.model.id, "tier": first.tier, "schedule": tier.name}
-        metrics.PIPELINE_TIME.labels(**labels).observe(generation_s)
-        metrics.IMAGES.labels(**labels).inc(len(prompts))
-        metrics.BATCH_IMAGES.labels(model=self.model.id).observe(len(prompts))
+        telemetry.PIPELINE_TIME.labels(**labels).observe(generation_s)
+        telemetry.IMAGES.labels(**labels).inc(len(prompts))
+        telemetry.BATCH_IMAGES.labels(model=self.model.id).observe(len(prompts))
         for action, count in (("computed", computed), ("reused", reused), ("skipped", skipped)):
-            metrics.COMPONENT_CALLS.labels(**labels, action=action).inc(count)
+            telemetry.COMPONENT_CALLS.labels(**labels, action=action).inc(count)
 
         for job in jobs:
             start, stop = rows[job.uid]

@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 
 from ecad.cache import CacheEngine, EngineOptions
 from ecad.schedule import Schedule, fora, no_cache
-from ecad.schedule.plan import Action, build_plan
+from ecad.schedule.actions import Action, schedule_actions
 from tests.helpers import FAMILIES, STEPS, architecture, build_pipeline, generate
 
 PROMPTS = ["a red circle", "two blue squares on a yellow background"]
@@ -128,7 +128,7 @@ def test_two_pipelines_do_not_interfere() -> None:
 def test_slots_exist_only_for_reused_components_and_are_freed() -> None:
     pipe = build_pipeline("pixart_alpha")
     schedule = random_schedule(pipe, "pixart_alpha", seed=5)
-    plan = build_plan(schedule)
+    actions = schedule_actions(schedule)
     engine = CacheEngine(pipe, schedule)
     hooks = []
     with engine:
@@ -142,7 +142,7 @@ def test_slots_exist_only_for_reused_components_and_are_freed() -> None:
 
         generate(pipe, "pixart_alpha", PROMPTS[:1], [0], callback=count_live)
         stats = engine.last_call_stats()
-    expected_live = ((plan == Action.COMPUTE_STORE) | (plan == Action.REUSE)).sum(dim=(1, 2)).tolist()
+    expected_live = ((actions == Action.COMPUTE_STORE) | (actions == Action.REUSE)).sum(dim=(1, 2)).tolist()
     assert live_per_step == expected_live
     assert live_per_step[-1] == 0  # nothing is held after the call
     never_reused = schedule.effective_mask().all(dim=0).flatten().tolist()
@@ -158,8 +158,8 @@ def test_flux_dead_work_is_skipped_without_changing_the_output() -> None:
     mask[2:5, 2:, 2] = False  # single blocks reuse proj_out at steps 2-4 …
     mask[3, 2:, 0] = False  # … while attention is set to recompute at 2 and 4, reuse at 3
     schedule = Schedule(mask, arch, name="dead_work")
-    plan = build_plan(schedule)
-    assert (plan[2:5, 2:, :2] == Action.SKIP).all()
+    actions = schedule_actions(schedule)
+    assert (actions[2:5, 2:, :2] == Action.SKIP).all()
 
     with CacheEngine(pipe, schedule, EngineOptions(skip_dead_work=False)) as engine:
         reference = generate(pipe, "flux", PROMPTS[:1], [3])

@@ -11,7 +11,7 @@ import pytest
 from ecad.costs import schedule_cost
 from ecad.models import get_adapter
 from ecad.schedule import fora, load_schedule, no_cache
-from ecad.schedule.plan import Action, build_plan
+from ecad.schedule.actions import Action, schedule_actions
 from tests.helpers import ECAD, PUBLISHED
 
 PAPER = PUBLISHED / "schedules_in_paper"
@@ -76,9 +76,9 @@ def test_dead_work_and_liveness() -> None:
     # Every published schedule has a fully cached step, so all reused slots are live at once.
     pixart = schedule_cost(load_schedule(PAPER / "pixart_alpha_256/ours_fast.json"))
     assert pixart.cache_peak_bytes == 2 * 84 * 256 * 1152 * 2  # CFG rows × slots × N × d × fp16
-    plan = build_plan(fora(get_adapter("pixart_alpha").reference, 20, 4))
-    assert (plan[0] == Action.COMPUTE_STORE).all() and (plan[3] == Action.REUSE_RELEASE).all()
-    assert (plan[19] == Action.REUSE_RELEASE).all()
+    actions = schedule_actions(fora(get_adapter("pixart_alpha").reference, 20, 4))
+    assert (actions[0] == Action.COMPUTE_STORE).all() and (actions[3] == Action.REUSE_RELEASE).all()
+    assert (actions[19] == Action.REUSE_RELEASE).all()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

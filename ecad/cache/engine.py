@@ -20,7 +20,7 @@ from ecad.cache.hooks import (
 )
 from ecad.models import architecture_of
 from ecad.schedule import Schedule
-from ecad.schedule.plan import build_plan
+from ecad.schedule.actions import schedule_actions
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class CacheEngine:
         self.transformer = transformer
         self.schedule = schedule
         self.options = options or EngineOptions()
-        self.state = RunState(plan=build_plan(schedule, self.options.skip_dead_work))
+        self.state = RunState(schedule_actions=schedule_actions(schedule, self.options.skip_dead_work))
         self._hooked: list[tuple[torch.nn.Module, str]] = []
 
     @property

@@ -10,7 +10,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from ecad.models import Component
-from ecad.schedule.plan import Action
+from ecad.schedule.actions import Action
 
 CLOCK_HOOK = "ecad_step_clock"
 COMPONENT_HOOK = "ecad_component_cache"
@@ -27,8 +27,8 @@ class RunState:
     as two calls), whose cached values are kept apart; a timestep that goes up starts a new call.
     """
 
-    plan: torch.Tensor
-    # The plan as nested lists: hooks look up one action per module call, and indexing a tensor costs
+    schedule_actions: torch.Tensor
+    # The actions as nested lists: hooks look up one action per module call, and indexing a tensor costs
     # microseconds each — enough, over every hook of a FLUX step, to leave a GPU waiting on Python.
     actions: list[list[list[int]]] = field(init=False)
     step: int = -1
@@ -40,7 +40,7 @@ class RunState:
     on_new_call: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.actions = self.plan.tolist()
+        self.actions = self.schedule_actions.tolist()
 
     def tick(self, timestep: float) -> None:
         if self.last_timestep is None or timestep > self.last_timestep:
@@ -88,7 +88,7 @@ class StepClockHook(ModelHook):
 
 
 class ComponentCacheHook(ModelHook):
-    """On one component module: compute, reuse or skip it as the plan says for the current step."""
+    """On one component module: compute, reuse or skip it as the schedule's actions say this step."""
 
     def __init__(self, state: RunState, block: int, index: int, component: Component) -> None:
         super().__init__()

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ecad.cache import CacheEngine
 from ecad.config import ModelConfig
+from ecad.costs import schedule_cost
 from ecad.generation import EncodedPrompts, render
 from ecad.metrics import get_metric, summary_score
 from ecad.models import Architecture, architecture_of
@@ -55,6 +56,12 @@ class EvaluationSetup:
 
     def key(self) -> str:
         return hashlib.sha256(pickle.dumps(self)).hexdigest()[:16]
+
+    def tmacs(self, schedule: Schedule) -> float:
+        """The schedule's TMACs at this workload (the paper's convention, see `ecad.costs`)."""
+        return schedule_cost(
+            schedule, height=self.height, width=self.width, text_tokens=self.text_tokens
+        ).tmacs
 
 
 @dataclass(frozen=True)

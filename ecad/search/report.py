@@ -10,7 +10,6 @@ import numpy as np
 from tqdm import tqdm
 
 from ecad.config import ModelConfig
-from ecad.costs import schedule_cost
 from ecad.files import write_json_atomic, write_text_atomic
 from ecad.metrics import get_metric, summary_score
 from ecad.registry import RegistryError, read_front
@@ -58,18 +57,13 @@ def evaluate_registry(
     steps, architecture = setup.steps, evaluator.architecture
     references, reference_ms = evaluator.generate(None)
 
-    def cost(schedule: Schedule) -> float:
-        return schedule_cost(
-            schedule, height=setup.height, width=setup.width, text_tokens=setup.text_tokens
-        ).tmacs
-
-    no_cache_tmacs = cost(no_cache(architecture, steps))
+    no_cache_tmacs = setup.tmacs(no_cache(architecture, steps))
 
     def row(name: str, kind: str, tier: str | None, schedule: Schedule | None, run_steps: int) -> ReportRow:
         images, latency = (
             (references, reference_ms) if kind == "no_cache" else evaluator.generate(schedule, run_steps)
         )
-        tmacs = cost(schedule) if schedule is not None else no_cache_tmacs * run_steps / steps
+        tmacs = setup.tmacs(schedule) if schedule is not None else no_cache_tmacs * run_steps / steps
         scores = {
             metric: round(summary_score(scorer, images, evaluator.job_prompts, references), 6)
             for metric, scorer in scorers.items()
@@ -84,7 +78,7 @@ def evaluate_registry(
     plan += [(schedule.name, "front", tier, schedule, steps) for schedule, tier in front]
     plan += [(f"fora_every_{n}", "fora", None, fora(architecture, steps, n), steps) for n in range(2, 6)]
     # No-cache at the step count that matches each front point's MACs.
-    fewer = {max(1, round(steps * cost(schedule) / no_cache_tmacs)) for schedule, _ in front} - {steps}
+    fewer = {max(1, round(steps * setup.tmacs(schedule) / no_cache_tmacs)) for schedule, _ in front} - {steps}
     plan += [(f"no_cache_{count}_steps", "fewer_steps", None, None, count) for count in sorted(fewer)]
     rows = [row(*entry) for entry in tqdm(plan, desc="eval", unit="schedule", disable=not progress)]
     size = (setup.height, setup.width)

@@ -229,7 +229,7 @@ class Search:
                 digest=digest,
                 bits=schedule.genome().numpy(),
                 quality=scored.quality,
-                tmacs=self.setup.tmacs(schedule),
+                tmacs=evaluation.tmacs(schedule),
                 latency_ms=scored.latency_ms,
                 generation=generation,
             )

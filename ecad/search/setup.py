@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from ecad.config import ModelConfig
-from ecad.costs import schedule_cost
 from ecad.models import Architecture, get_adapter
 from ecad.pipelines.loading import load_transformer_config
 from ecad.schedule import Schedule
@@ -43,15 +42,6 @@ class SearchSetup:
         return Schedule.from_genome(
             torch.from_numpy(np.asarray(bits, dtype=bool)), self.architecture, self.steps, name=name
         )
-
-    def tmacs(self, schedule: Schedule) -> float:
-        cost = schedule_cost(
-            schedule,
-            height=self.evaluation.height,
-            width=self.evaluation.width,
-            text_tokens=self.evaluation.text_tokens,
-        )
-        return cost.tmacs
 
 
 def prepare(config: SearchConfig) -> SearchSetup:

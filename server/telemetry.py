@@ -19,7 +19,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before importing server.metrics")
+    raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before importing server.telemetry")
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 _TIER_LABELS = ("model", "tier", "schedule")

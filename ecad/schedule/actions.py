@@ -1,4 +1,4 @@
-"""The static execution plan of a schedule: what each component does at each step.
+"""A schedule's actions: what each component does at each step (compute, store, reuse, release, skip).
 
 Pure torch, beside the schedule, so costs and the CLI start without importing diffusers.
 
@@ -24,7 +24,7 @@ class Action(IntEnum):
     SKIP = 4  # dead work: return a placeholder of the right shape, never read
 
 
-def build_plan(schedule: Schedule, skip_dead_work: bool = True) -> torch.Tensor:
+def schedule_actions(schedule: Schedule, skip_dead_work: bool = True) -> torch.Tensor:
     """An int8 tensor [steps, blocks, components] of `Action`s."""
     compute = schedule.effective_mask()
     steps, blocks, width = compute.shape
@@ -36,7 +36,7 @@ def build_plan(schedule: Schedule, skip_dead_work: bool = True) -> torch.Tensor:
                 if component.read_by is not None:
                     needed[:, block, index] = compute[:, block, names.index(component.read_by)]
 
-    plan = torch.full((steps, blocks, width), int(Action.SKIP), dtype=torch.int8)
+    actions = torch.full((steps, blocks, width), int(Action.SKIP), dtype=torch.int8)
     for block in range(blocks):
         for index in range(width):
             column = compute[:, block, index].tolist()
@@ -46,17 +46,17 @@ def build_plan(schedule: Schedule, skip_dead_work: bool = True) -> torch.Tensor:
                 if not reads:
                     continue
                 last = reads[-1]
-                plan[start, block, index] = Action.COMPUTE_STORE if last > start else Action.COMPUTE
-                plan[start + 1 : last + 1, block, index] = Action.REUSE
+                actions[start, block, index] = Action.COMPUTE_STORE if last > start else Action.COMPUTE
+                actions[start + 1 : last + 1, block, index] = Action.REUSE
                 if last > start:
-                    plan[last, block, index] = Action.REUSE_RELEASE
-    return plan
+                    actions[last, block, index] = Action.REUSE_RELEASE
+    return actions
 
 
-def executed_mask(plan: torch.Tensor) -> torch.Tensor:
-    return (plan == Action.COMPUTE) | (plan == Action.COMPUTE_STORE)
+def executed_mask(actions: torch.Tensor) -> torch.Tensor:
+    return (actions == Action.COMPUTE) | (actions == Action.COMPUTE_STORE)
 
 
-def live_after_step(plan: torch.Tensor) -> torch.Tensor:
+def live_after_step(actions: torch.Tensor) -> torch.Tensor:
     """[steps, blocks, components] True where a slot holds a value after that step."""
-    return (plan == Action.COMPUTE_STORE) | (plan == Action.REUSE)
+    return (actions == Action.COMPUTE_STORE) | (actions == Action.REUSE)
