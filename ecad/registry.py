@@ -34,8 +34,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     ValidationError,
     field_serializer,
+    field_validator,
     model_validator,
 )
 
@@ -55,25 +57,38 @@ class RegistryError(ValueError):
     """A registry that cannot serve its model; the message names the file."""
 
 
-class TierRule(BaseModel):
-    """Maximum relative quality loss against the no-cache schedule that each tier accepts.
+# The tier rule's defaults: a relative quality loss of at most 2 % for best, 5 % balanced, 10 % fast.
+DEFAULT_LOSS_CEILINGS: Mapping[Tier, float] = {Tier.BEST: 0.02, Tier.BALANCED: 0.05, Tier.FAST: 0.10}
+
+
+class TierRule(RootModel[dict[Tier, float]]):
+    """Maximum relative quality loss against the no-cache schedule that each cached tier accepts, as a
+    mapping tier → ceiling (tiers left out keep their default).
 
     loss = (no_cache_value - value) / |no_cache_value| for a higher-is-better metric. Each tier takes
     the cheapest point (fewest TMACs) whose loss is at most its ceiling, so `best` is the cheapest
     near-lossless point and `fast` the cheapest point that is still acceptable.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    root: dict[Tier, float] = Field(default_factory=lambda: dict(DEFAULT_LOSS_CEILINGS))
 
-    best: float = Field(default=0.02, ge=0.0)
-    balanced: float = Field(default=0.05, ge=0.0)
-    fast: float = Field(default=0.10, ge=0.0)
+    @field_validator("root")
+    @classmethod
+    def _complete_and_ordered(cls, given: dict[Tier, float]) -> dict[Tier, float]:
+        if Tier.EXACT in given:
+            raise ValueError("exact has no loss ceiling (it is the no-cache schedule)")
+        if any(ceiling < 0 for ceiling in given.values()):
+            raise ValueError("ceilings must be ≥ 0")
+        ceilings = {tier: given.get(tier, DEFAULT_LOSS_CEILINGS[tier]) for tier in CACHED_TIERS}
+        values = [ceilings[tier] for tier in reversed(CACHED_TIERS)]
+        if values != sorted(values):
+            order = " ≤ ".join(reversed(CACHED_TIERS))
+            got = ", ".join(f"{tier}={ceiling:g}" for tier, ceiling in ceilings.items())
+            raise ValueError(f"ceilings must satisfy {order}, got {got}")
+        return ceilings
 
-    @model_validator(mode="after")
-    def _ordered(self) -> TierRule:
-        if not self.best <= self.balanced <= self.fast:
-            raise ValueError("ceilings must satisfy best ≤ balanced ≤ fast")
-        return self
+    def ceiling(self, tier: Tier) -> float:
+        return self.root[tier]
 
 
 class FrontPoint(BaseModel):
@@ -210,7 +225,7 @@ def assign_tiers(
     scale = abs(no_cache_value) or 1.0
     chosen: dict[str, str] = {}
     for tier in CACHED_TIERS:
-        ceiling = getattr(rule, tier)
+        ceiling = rule.ceiling(tier)
         eligible = [
             p
             for p in points

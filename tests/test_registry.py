@@ -21,6 +21,7 @@ from ecad.registry import (
     write_registry,
 )
 from ecad.schedule import fora, no_cache
+from ecad.tiers import CACHED_TIERS, Tier
 
 ROOT = Path(__file__).resolve().parent.parent
 PIXART = get_adapter("pixart_alpha").reference
@@ -33,7 +34,7 @@ def point(file: str, tmacs: float, quality: float | None) -> FrontPoint:
 def test_tier_rule_takes_the_cheapest_point_within_each_loss_ceiling() -> None:
     points = [point("a", 5.0, 0.99), point("b", 4.0, 0.97), point("c", 3.0, 0.93), point("d", 1.0, 0.5)]
     assert assign_tiers(points, 1.0, TierRule()) == {"best": "a", "balanced": "b", "fast": "c"}
-    assert assign_tiers(points, 1.0, TierRule(best=0.0, balanced=0.0, fast=0.0)) == {}
+    assert assign_tiers(points, 1.0, TierRule(dict.fromkeys(CACHED_TIERS, 0.0))) == {}
     lower_is_better = [point("a", 5.0, 10.5), point("b", 2.0, 13.0)]
     assert assign_tiers(lower_is_better, 10.0, TierRule(), higher_is_better=False) == {
         "balanced": "a",  # 5 % worse: too much for best
@@ -88,7 +89,9 @@ def test_rule_assigns_tiers_from_measured_quality(tmp_path: Path) -> None:
     assert registry.for_tier("best").file == "fora_2.json"
     assert registry.for_tier("balanced").file == "fora_3.json"
     assert registry.for_tier("fast").file == "fora_3.json"  # fora_4 loses 20 %, beyond the fast ceiling
-    strict = load_registry(tmp_path, model_id="m", family="pixart_alpha", steps=20, rule=TierRule(best=0.0))
+    strict = load_registry(
+        tmp_path, model_id="m", family="pixart_alpha", steps=20, rule=TierRule({Tier.BEST: 0.0})
+    )
     assert strict.for_tier("best").file is None  # nothing is lossless: best runs exact
 
 
