@@ -6,10 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-import torch
 from PIL import Image
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -88,11 +85,3 @@ def require_references(
     if len(references) != len(images):
         raise ValueError(f"{name}: {len(images)} images but {len(references)} references")
     return references
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """A config's dtype name as a torch dtype; only the three inference dtypes are accepted."""
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}") from None

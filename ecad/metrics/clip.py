@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPTokenizer
 
-from ecad.metrics.base import MissingWeightsError, check_batch, torch_dtype
+from ecad.dtypes import torch_dtype
+from ecad.metrics.base import MissingWeightsError, check_batch
 from ecad.metrics.images import CLIP_MEAN, CLIP_STD, clip_pixels
 
 DEFAULT_HUB_REPO = "openai/clip-vit-base-patch32"

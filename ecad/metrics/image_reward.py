@@ -19,7 +19,8 @@ from PIL import Image
 from torch import nn
 from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
-from ecad.metrics.base import MissingWeightsError, check_batch, torch_dtype
+from ecad.dtypes import torch_dtype
+from ecad.metrics.base import MissingWeightsError, check_batch
 from ecad.metrics.images import clip_pixels
 
 HUB_REPO = "THUDM/ImageReward"
