@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -85,3 +86,29 @@ def require_references(
     if len(references) != len(images):
         raise ValueError(f"{name}: {len(images)} images but {len(references)} references")
     return references
+
+
+class BatchedMetric(ABC):
+    """A per-image metric whose model scores `batch_size` (image, prompt) pairs per forward."""
+
+    name: str
+    higher_is_better = True
+    needs_references = False
+    batch_size: int
+
+    def score(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        references: Sequence[Image.Image] | None = None,
+    ) -> list[float]:
+        check_batch(self.name, images, prompts)
+        scores: list[float] = []
+        for start in range(0, len(images), self.batch_size):
+            end = start + self.batch_size
+            scores.extend(self.score_batch(images[start:end], prompts[start:end]))
+        return scores
+
+    @abstractmethod
+    def score_batch(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+        """The scores of at most `batch_size` pairs."""
