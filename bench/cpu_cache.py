@@ -19,8 +19,10 @@ from diffusers import PixArtTransformer2DModel
 
 from ecad.cache import CacheEngine
 from ecad.costs import schedule_cost
+from ecad.dtypes import torch_dtype
 from ecad.models import architecture_of
-from ecad.pipelines.tiny import pixart_scheduler
+from ecad.models.pipelines import pixart_scheduler
+from ecad.models.pixart import PIXART_XL_2
 from ecad.schedule import Schedule, fora, load_schedule, no_cache
 
 PAPER = (
@@ -34,19 +36,7 @@ PAPER = (
 
 def build_transformer(dtype: torch.dtype) -> PixArtTransformer2DModel:
     torch.manual_seed(0)
-    model = PixArtTransformer2DModel(
-        sample_size=32,
-        num_layers=28,
-        num_attention_heads=16,
-        attention_head_dim=72,
-        in_channels=4,
-        out_channels=8,
-        patch_size=2,
-        cross_attention_dim=1152,
-        caption_channels=4096,
-        norm_type="ada_norm_single",
-        use_additional_conditions=False,
-    )
+    model = PixArtTransformer2DModel(**PIXART_XL_2, sample_size=32, use_additional_conditions=False)
     return model.to(dtype).eval()
 
 
@@ -75,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
+    dtype = torch_dtype(args.dtype)
 
     model = build_transformer(dtype)
     arch = architecture_of(model, "pixart_alpha")

@@ -2,7 +2,7 @@
 # Issue 7's GPU benchmark, run on the device machine from the repository root. Prepare with
 # bench/gpu_wheels.sh here, then call the device tool's run with
 #     command: bash bench/run_gpu.sh        carry: [".whl"]        timeout_s: 600
-# Arguments go on to bench/gpu.py (e.g. --only flux_256 --budget-s 200).
+# Arguments go on to `python -m bench.gpu` (e.g. --only flux_256 --budget-s 200).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 CACHE_DIT_LOG_LEVEL=warning
 out="${OUT:-/tmp/gpu-bench}"
@@ -21,4 +21,4 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm --
 python3 -c 'import torch, diffusers, ecad; print("torch", torch.__version__, "diffusers", diffusers.__version__,
     torch.cuda.get_device_name(0))'
 # SIGINT leaves time for the benchmark to write what it has before the device call's own limit.
-timeout -s INT -k 20 560 python3 bench/gpu.py --out "$out" "$@" 2>&1 | tee "$out/log.txt"
+timeout -s INT -k 20 560 python3 -m bench.gpu --out "$out" "$@" 2>&1 | tee "$out/log.txt"

@@ -30,7 +30,7 @@ from ecad.embedded.scenes import Caption, held_out_captions, training_captions
 from ecad.embedded.training import TrainConfig, Trainer, channel_statistics, normalise_latents
 from ecad.files import write_json_atomic
 from ecad.generation import EncodedPrompts, render
-from ecad.pipelines.tiny import pixart_scheduler
+from ecad.models.pipelines import pixart_pipeline
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 WorkOption = Annotated[Path, typer.Option(help="shared data and one folder per variant")]
@@ -74,13 +74,7 @@ def train(
     text_encoder, transformer, seconds = Trainer(config, work / name).train_denoiser((mean, std), caption_ids)
     vae = copy.deepcopy(vae)
     normalise_latents(vae, *channel_statistics(mean, std))
-    pipe = PixArtAlphaPipeline(
-        tokenizer=shared.tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        transformer=transformer,
-        scheduler=pixart_scheduler(),
-    ).to(config.device)
+    pipe = pixart_pipeline(transformer, vae, shared.tokenizer, text_encoder).to(config.device)
     result: dict[str, object] = {"variant": name, "train_s": round(seconds, 1), **dataclasses.asdict(config)}
     for scale in guidance:
         asked, _, correct = _judged(pipe, held_out_captions(), seeds, scale, steps=20)

@@ -1,4 +1,4 @@
-"""bench/gpu.py end to end in its quick CPU mode: every row of the GPU benchmark runs on tiny models."""
+"""python -m bench.gpu end to end in its quick CPU mode: every row of the benchmark runs on tiny models."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def run_quick(out: Path) -> dict[str, Any]:
     only = [arg for key in SECTIONS for arg in ("--only", key)]
     command = [
         sys.executable,
-        "bench/gpu.py",
+        "-m",
+        "bench.gpu",
         "--out",
         str(out),
         "--quick",

@@ -8,9 +8,10 @@ from __future__ import annotations
 import string
 
 from diffusers import AutoencoderKL, PixArtTransformer2DModel
-from transformers import T5Config, T5EncoderModel, T5Tokenizer
+from transformers import T5EncoderModel, T5Tokenizer
 
 from ecad.embedded.scenes import all_captions
+from ecad.pipelines.t5 import character_pieces, t5_encoder, t5_tokenizer
 
 TEXT_DIM = 128
 LATENT_CHANNELS = 4
@@ -30,31 +31,13 @@ def grammar_words() -> list[str]:
 
 def build_tokenizer() -> T5Tokenizer:
     """T5 (Unigram) tokenizer whose pieces are the grammar's words, with characters as the fallback."""
-    # T5 layout: <pad>=0, </s>=1, <unk>=2. A whole-word piece scores above any spelling of it in characters.
-    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -4.0)]
-    vocab += [(f"▁{word}", -1.0) for word in grammar_words()]
-    vocab += [(f"▁{c}", -3.0) for c in _CHARS]
-    vocab += [(c, -3.5) for c in _CHARS]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
+    # A whole-word piece scores above any spelling of it in characters.
+    words = [(f"▁{word}", -1.0) for word in grammar_words()]
+    return t5_tokenizer([("▁", -4.0), *words, *character_pieces(_CHARS, word_initial=-3.0, inner=-3.5)])
 
 
 def build_text_encoder(vocab_size: int) -> T5EncoderModel:
-    config = T5Config(
-        vocab_size=vocab_size,
-        d_model=TEXT_DIM,
-        d_kv=32,
-        d_ff=256,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=16,
-        relative_attention_max_distance=32,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return T5EncoderModel(config)
+    return t5_encoder(vocab_size, TEXT_DIM, head_width=32, ff_width=256, position_buckets=16)
 
 
 def build_vae() -> AutoencoderKL:

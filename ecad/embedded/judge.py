@@ -38,7 +38,7 @@ from ecad.embedded.scenes import (
     training_captions,
 )
 from ecad.files import write_json_atomic
-from ecad.metrics.base import MissingWeightsError, check_batch
+from ecad.metrics.base import BatchedMetric, MissingWeightsError
 
 WEIGHTS = "judge.safetensors"
 COUNT_CLASSES = (1, 2, 3)
@@ -219,44 +219,34 @@ class SceneMatchConfig:
     batch_size: int = 64
 
 
-class SceneMatchMetric:
+class SceneMatchMetric(BatchedMetric):
     """Does the image show what its caption says? Prompts must come from the embedded grammar."""
-
-    higher_is_better = True
-    needs_references = False
 
     def __init__(self, config: SceneMatchConfig) -> None:
         if config.score not in ("probability", "correct"):
             raise ValueError(f"scene_match: score must be 'probability' or 'correct', got {config.score!r}")
         self.config = config
         self.name = "scene_match" if config.score == "probability" else "scene_correct"
+        self.batch_size = config.batch_size
         self.model = load_judge(Path(config.judge_dir))
 
-    def score(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
-    ) -> list[float]:
-        check_batch(self.name, images, prompts)
-        captions = []
-        for prompt in prompts:
-            caption = parse_caption(prompt)
-            if caption is None:
-                raise ValueError(f"{self.name}: {prompt!r} is not a caption of the embedded model's grammar")
-            captions.append(caption)
-        scores: list[float] = []
-        for start in range(0, len(images), self.config.batch_size):
-            with torch.no_grad():
-                logits = self.model(to_pixels(images[start : start + self.config.batch_size]))
-            probabilities = {name: value.softmax(dim=1) for name, value in logits.items()}
-            for offset, caption in enumerate(captions[start : start + self.config.batch_size]):
-                wanted = asked(caption)
-                if self.config.score == "correct":
-                    hit = all(int(probabilities[n][offset].argmax()) == v for n, v in wanted.items())
-                    scores.append(1.0 if hit else 0.0)
-                else:
-                    scores.append(
-                        float(np.prod([float(probabilities[n][offset, v]) for n, v in wanted.items()]))
-                    )
-        return scores
+    def score_batch(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+        wanted = [asked(self._caption(prompt)) for prompt in prompts]
+        with torch.no_grad():
+            logits = self.model(to_pixels(images))
+        probabilities = {name: value.softmax(dim=1) for name, value in logits.items()}
+        if self.config.score == "correct":
+            return [
+                float(all(int(probabilities[n][row].argmax()) == v for n, v in asks.items()))
+                for row, asks in enumerate(wanted)
+            ]
+        return [
+            float(np.prod([float(probabilities[n][row, v]) for n, v in asks.items()]))
+            for row, asks in enumerate(wanted)
+        ]
+
+    def _caption(self, prompt: str) -> Caption:
+        caption = parse_caption(prompt)
+        if caption is None:
+            raise ValueError(f"{self.name}: {prompt!r} is not a caption of the embedded model's grammar")
+        return caption

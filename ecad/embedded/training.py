@@ -31,7 +31,7 @@ from ecad.embedded.components import (
 )
 from ecad.embedded.scenes import OPEN_CELLS, render, scenes, training_captions
 from ecad.files import atomic_write, write_json_atomic
-from ecad.pipelines.tiny import pixart_scheduler
+from ecad.models.pipelines import pixart_pipeline, pixart_scheduler
 
 
 @dataclass
@@ -297,14 +297,8 @@ class Trainer:
         mean, std, encode_s = self.encode(vae, pixels)
         text_encoder, transformer, denoiser_s = self.train_denoiser((mean, std), caption_ids)
         normalise_latents(vae, *channel_statistics(mean, std))
-        pipe = PixArtAlphaPipeline(
-            # A fresh tokenizer: the training one keeps its fixed padding, which save_pretrained would store.
-            tokenizer=build_tokenizer(),
-            text_encoder=text_encoder,
-            vae=vae,
-            transformer=transformer,
-            scheduler=pixart_scheduler(),
-        )
+        # A fresh tokenizer: the training one keeps its fixed padding, which save_pretrained would store.
+        pipe = pixart_pipeline(transformer, vae, build_tokenizer(), text_encoder)
         write_pipeline(pipe, out)
         seconds = {"render": render_s, "vae": vae_s, "encode": encode_s, "denoiser": denoiser_s}
         timings = {f"{stage}_s": round(float(value), 1) for stage, value in seconds.items()}

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-import torch
 from PIL import Image
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -90,9 +88,27 @@ def require_references(
     return references
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    """A config's dtype name as a torch dtype; only the three inference dtypes are accepted."""
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}") from None
+class BatchedMetric(ABC):
+    """A per-image metric whose model scores `batch_size` (image, prompt) pairs per forward."""
+
+    name: str
+    higher_is_better = True
+    needs_references = False
+    batch_size: int
+
+    def score(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        references: Sequence[Image.Image] | None = None,
+    ) -> list[float]:
+        check_batch(self.name, images, prompts)
+        scores: list[float] = []
+        for start in range(0, len(images), self.batch_size):
+            end = start + self.batch_size
+            scores.extend(self.score_batch(images[start:end], prompts[start:end]))
+        return scores
+
+    @abstractmethod
+    def score_batch(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+        """The scores of at most `batch_size` pairs."""

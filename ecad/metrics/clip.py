@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPTokenizer
 
-from ecad.metrics.base import MissingWeightsError, check_batch, torch_dtype
+from ecad.dtypes import torch_dtype
+from ecad.metrics.base import BatchedMetric, MissingWeightsError
 from ecad.metrics.images import CLIP_MEAN, CLIP_STD, clip_pixels
 
 DEFAULT_HUB_REPO = "openai/clip-vit-base-patch32"
@@ -74,43 +75,30 @@ def load_clip(config: ClipConfig) -> tuple[CLIPModel, CLIPTokenizer]:
     return model.eval(), tokenizer
 
 
-class ClipScoreMetric:
+class ClipScoreMetric(BatchedMetric):
     """CLIP score per (image, prompt) in 0..100; higher is better."""
 
     name = "clip"
-    higher_is_better = True
-    needs_references = False
 
     def __init__(self, config: ClipConfig) -> None:
         self.config = config
+        self.batch_size = config.batch_size
         self.model, self.tokenizer = load_clip(config)
 
-    def score(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
-    ) -> list[float]:
-        check_batch(self.name, images, prompts)
-        dtype = torch_dtype(self.config.dtype)
+    def score_batch(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
         image_size = self.model.config.vision_config.image_size
-        max_tokens = self.model.config.text_config.max_position_embeddings
-        scores: list[float] = []
-        step = self.config.batch_size
-        for start in range(0, len(images), step):
-            pixels = clip_pixels(images[start : start + step], image_size, self.config.mean, self.config.std)
-            tokens = self.tokenizer(
-                list(prompts[start : start + step]),
-                padding=True,
-                truncation=True,
-                max_length=max_tokens,
-                return_tensors="pt",
-            ).to(self.config.device)
-            with torch.inference_mode():
-                image_emb = self.model.get_image_features(
-                    pixel_values=pixels.to(device=self.config.device, dtype=dtype)
-                ).pooler_output
-                text_emb = self.model.get_text_features(**tokens).pooler_output
-            cosine = torch.nn.functional.cosine_similarity(image_emb.float(), text_emb.float(), dim=-1)
-            scores.extend((100.0 * cosine.clamp(min=0)).cpu().tolist())
-        return scores
+        pixels = clip_pixels(images, image_size, self.config.mean, self.config.std)
+        tokens = self.tokenizer(
+            list(prompts),
+            padding=True,
+            truncation=True,
+            max_length=self.model.config.text_config.max_position_embeddings,
+            return_tensors="pt",
+        ).to(self.config.device)
+        with torch.inference_mode():
+            image_emb = self.model.get_image_features(
+                pixel_values=pixels.to(device=self.config.device, dtype=torch_dtype(self.config.dtype))
+            ).pooler_output
+            text_emb = self.model.get_text_features(**tokens).pooler_output
+        cosine = torch.nn.functional.cosine_similarity(image_emb.float(), text_emb.float(), dim=-1)
+        return (100.0 * cosine.clamp(min=0)).cpu().tolist()

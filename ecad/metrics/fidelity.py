@@ -7,6 +7,7 @@ separate metrics (`psnr`, `ssim`) rather than one blended number: a blend would 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,10 +78,10 @@ def ssim(image: Image.Image, reference: Image.Image, config: SsimConfig | None =
     return float(ssim_map.mean())
 
 
-class PsnrMetric:
-    """PSNR in dB against the no-cache image of the same seed; higher is better, inf when identical."""
+class ReferenceMetric(ABC):
+    """A metric comparing each image with the no-cache reference of its seed; prompts are not read."""
 
-    name = "psnr"
+    name: str
     higher_is_better = True
     needs_references = True
 
@@ -92,25 +93,28 @@ class PsnrMetric:
     ) -> list[float]:
         check_batch(self.name, images, prompts)
         references = require_references(self.name, images, references)
-        return [psnr(image, ref) for image, ref in zip(images, references, strict=True)]
+        return [self.compare(image, ref) for image, ref in zip(images, references, strict=True)]
+
+    @abstractmethod
+    def compare(self, image: Image.Image, reference: Image.Image) -> float: ...
 
 
-class SsimMetric:
+class PsnrMetric(ReferenceMetric):
+    """PSNR in dB against the no-cache image of the same seed; higher is better, inf when identical."""
+
+    name = "psnr"
+
+    def compare(self, image: Image.Image, reference: Image.Image) -> float:
+        return psnr(image, reference)
+
+
+class SsimMetric(ReferenceMetric):
     """SSIM against the no-cache image of the same seed; higher is better, 1.0 when identical."""
 
     name = "ssim"
-    higher_is_better = True
-    needs_references = True
 
     def __init__(self, config: SsimConfig | None = None) -> None:
         self.config = config or SsimConfig()
 
-    def score(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
-    ) -> list[float]:
-        check_batch(self.name, images, prompts)
-        references = require_references(self.name, images, references)
-        return [ssim(image, ref, self.config) for image, ref in zip(images, references, strict=True)]
+    def compare(self, image: Image.Image, reference: Image.Image) -> float:
+        return ssim(image, reference, self.config)

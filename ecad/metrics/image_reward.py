@@ -19,7 +19,8 @@ from PIL import Image
 from torch import nn
 from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
-from ecad.metrics.base import MissingWeightsError, check_batch, torch_dtype
+from ecad.dtypes import torch_dtype
+from ecad.metrics.base import BatchedMetric, MissingWeightsError
 from ecad.metrics.images import clip_pixels
 
 HUB_REPO = "THUDM/ImageReward"
@@ -262,15 +263,14 @@ def load_image_reward_model(
     return model.eval()
 
 
-class ImageRewardMetric:
+class ImageRewardMetric(BatchedMetric):
     """ImageReward-v1.0 score per (image, prompt); higher is better, roughly N(0, 1) over real images."""
 
     name = "image_reward"
-    higher_is_better = True
-    needs_references = False
 
     def __init__(self, config: ImageRewardConfig) -> None:
         self.config = config
+        self.batch_size = config.batch_size
         checkpoint, med_config, vocab = resolve_weight_files(config)
         self.tokenizer = build_tokenizer(vocab)
         model = load_image_reward_model(checkpoint, med_config, config.vision)
@@ -279,30 +279,19 @@ class ImageRewardMetric:
         model.head.float()
         self.model = model
 
-    def score(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
-    ) -> list[float]:
-        check_batch(self.name, images, prompts)
-        dtype = torch_dtype(self.config.dtype)
-        scores: list[float] = []
-        step = self.config.batch_size
-        for start in range(0, len(images), step):
-            pixels = clip_pixels(images[start : start + step], self.config.vision.image_size)
-            tokens = self.tokenizer(
-                list(prompts[start : start + step]),
-                padding="max_length",
-                truncation=True,
-                max_length=MAX_PROMPT_TOKENS,
-                return_tensors="pt",
+    def score_batch(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+        pixels = clip_pixels(images, self.config.vision.image_size)
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=MAX_PROMPT_TOKENS,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            rewards = self.model(
+                pixels.to(device=self.config.device, dtype=torch_dtype(self.config.dtype)),
+                tokens.input_ids.to(self.config.device),
+                tokens.attention_mask.to(self.config.device),
             )
-            with torch.inference_mode():
-                rewards = self.model(
-                    pixels.to(device=self.config.device, dtype=dtype),
-                    tokens.input_ids.to(self.config.device),
-                    tokens.attention_mask.to(self.config.device),
-                )
-            scores.extend(rewards.float().cpu().tolist())
-        return scores
+        return rewards.float().cpu().tolist()

@@ -1,7 +1,8 @@
 """Metrics selected by name, as config files and command lines do: `get_metric("clip", model_dir=...)`.
 
 Built-in factories import their module only when called, so listing or validating metric names does not
-load transformers or any weights.
+load transformers or any weights. Other packages add theirs with `register_metric`: the embedded model's
+judge does so in `ecad.embedded.metrics`, which importing `ecad` loads.
 """
 
 from __future__ import annotations
@@ -47,18 +48,6 @@ def _fid(**options: Any) -> Metric:
     return FidMetric(FidConfig(**options))
 
 
-def _scene_match(**options: Any) -> Metric:
-    from ecad.embedded.judge import SceneMatchConfig, SceneMatchMetric
-
-    return SceneMatchMetric(SceneMatchConfig(**options))
-
-
-def _scene_correct(**options: Any) -> Metric:
-    from ecad.embedded.judge import SceneMatchConfig, SceneMatchMetric
-
-    return SceneMatchMetric(SceneMatchConfig(**{"score": "correct", **options}))
-
-
 _FACTORIES: dict[str, MetricFactory] = {
     "image_reward": _image_reward,
     "clip": _clip,
@@ -69,10 +58,6 @@ _FACTORIES: dict[str, MetricFactory] = {
     # loss against no-cache) applies; PSNR of an identical image is infinite.
     "fidelity": _ssim,
     "fid": _fid,
-    # The embedded model's judge (models/ecad-shapes-judge): probability that the image shows every
-    # attribute its caption asks for, or whether the judge's best reading matches them all (1/0).
-    "scene_match": _scene_match,
-    "scene_correct": _scene_correct,
 }
 
 

@@ -12,6 +12,20 @@ from ecad.models.base import Architecture, BlockGroup, Component, Role, StepCall
 _MLP_RATIO = 4
 _TIMESTEP_FREQ_DIM = 256
 
+# FLUX.1-dev's transformer config, the architecture the published schedules were searched on.
+FLUX_1_DEV: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "guidance_embeds": True,
+    "axes_dims_rope": (16, 56, 56),
+}
+
 
 def _attention_placeholder(
     module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -62,18 +76,7 @@ class FluxAdapter:
     @property
     def reference(self) -> Architecture:
         """FLUX.1-dev, the architecture the published schedules were searched on."""
-        return self.architecture(
-            {
-                "num_layers": 19,
-                "num_single_layers": 38,
-                "num_attention_heads": 24,
-                "attention_head_dim": 128,
-                "in_channels": 64,
-                "joint_attention_dim": 4096,
-                "pooled_projection_dim": 768,
-                "guidance_embeds": True,
-            }
-        )
+        return self.architecture(FLUX_1_DEV)
 
     def architecture(self, config: dict[str, Any]) -> Architecture:
         hidden = int(config["num_attention_heads"]) * int(config["attention_head_dim"])

@@ -23,6 +23,20 @@ BLOCKS = BlockGroup(
 # Timestep embedding input width of diffusers' `Timesteps` projection in PixArt.
 _TIMESTEP_FREQ_DIM = 256
 
+# PixArt XL-2's transformer config (α and Σ), the architecture the published schedules were searched on;
+# the sample size is left to the caller, as it follows the resolution.
+PIXART_XL_2: dict[str, Any] = {
+    "num_layers": 28,
+    "num_attention_heads": 16,
+    "attention_head_dim": 72,
+    "in_channels": 4,
+    "out_channels": 8,
+    "patch_size": 2,
+    "cross_attention_dim": 1152,
+    "caption_channels": 4096,
+    "norm_type": "ada_norm_single",
+}
+
 
 @dataclass(frozen=True)
 class PixArtAdapter:
@@ -35,17 +49,7 @@ class PixArtAdapter:
     @property
     def reference(self) -> Architecture:
         """PixArt XL-2, the architecture the published schedules were searched on."""
-        return self.architecture(
-            {
-                "num_layers": 28,
-                "num_attention_heads": 16,
-                "attention_head_dim": 72,
-                "in_channels": 4,
-                "out_channels": 8,
-                "patch_size": 2,
-                "caption_channels": 4096,
-            }
-        )
+        return self.architecture(PIXART_XL_2)
 
     def architecture(self, config: dict[str, Any]) -> Architecture:
         hidden = int(config["num_attention_heads"]) * int(config["attention_head_dim"])

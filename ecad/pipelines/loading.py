@@ -7,13 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
-import torch
 
 from ecad.config import RANDOM_SOURCE, ModelConfig
+from ecad.dtypes import torch_dtype
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ModelLoadError(RuntimeError):
@@ -70,7 +68,7 @@ def load_transformer_config(config: ModelConfig) -> dict[str, Any]:
 
 def load_pipeline(config: ModelConfig) -> Any:
     """The pipeline for `config`, on its device and dtype, with the progress bar off."""
-    dtype = DTYPES[config.dtype]
+    dtype = torch_dtype(config.dtype)
     if config.source == RANDOM_SOURCE:
         pipe = build_random_pipeline(config)
     else:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import string
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import (
     AutoencoderKL,
-    DPMSolverMultistepScheduler,
-    FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
     PixArtAlphaPipeline,
@@ -23,14 +21,44 @@ from diffusers import (
     PixArtTransformer2DModel,
 )
 from tokenizers import pre_tokenizers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-__all__ = ["flux_scheduler", "pixart_scheduler", "tiny_flux_pipeline", "tiny_pixart_pipeline"]
+from ecad.models.pipelines import flux_pipeline, pixart_pipeline
+from ecad.pipelines.t5 import character_pieces, t5_encoder, t5_tokenizer
+
+__all__ = ["TINY_FLUX_TRANSFORMER", "TINY_PIXART_TRANSFORMER", "tiny_flux_pipeline", "tiny_pixart_pipeline"]
 
 TEXT_DIM = 32  # T5 d_model == PixArt caption_channels == FLUX joint_attention_dim
 CLIP_DIM = 32  # CLIP hidden size == FLUX pooled_projection_dim
 LATENT_CHANNELS = 4
 CLIP_MAX_LENGTH = 77
+
+# The tiny transformers' configs: the real classes and block structure, two heads of 16 channels.
+TINY_PIXART_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 16,
+    "num_layers": 2,
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "in_channels": LATENT_CHANNELS,
+    "out_channels": 2 * LATENT_CHANNELS,  # learned sigma: the pipeline keeps the first half
+    "patch_size": 2,
+    "cross_attention_dim": TEXT_DIM,
+    "caption_channels": TEXT_DIM,
+    "norm_type": "ada_norm_single",
+    "use_additional_conditions": False,
+}
+TINY_FLUX_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 4 * LATENT_CHANNELS,  # latents are packed into 2x2 patches
+    "num_layers": 2,
+    "num_single_layers": 4,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": TEXT_DIM,
+    "pooled_projection_dim": CLIP_DIM,
+    "guidance_embeds": True,
+    "axes_dims_rope": (4, 6, 6),  # must sum to attention_head_dim
+}
 
 # Characters every tiny tokenizer can spell; anything else maps to <unk>.
 _CHARS = string.ascii_letters + string.digits + string.punctuation
@@ -46,31 +74,11 @@ def _seeded(seed: int) -> Iterator[None]:
 
 def _t5_tokenizer() -> T5Tokenizer:
     """Character-level Unigram T5 tokenizer: any English prompt yields several distinct ids."""
-    # T5 layout: <pad>=0, </s>=1, <unk>=2 (the Unigram model hardcodes unk_id=2).
-    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
-    # Word-initial pieces score higher than "▁" + char so each word starts with one "▁x" piece.
-    vocab += [(f"▁{c}", -2.0) for c in _CHARS]
-    vocab += [(c, -2.5) for c in _CHARS]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
+    return t5_tokenizer([("▁", -3.0), *character_pieces(_CHARS, word_initial=-2.0, inner=-2.5)])
 
 
 def _t5_encoder(vocab_size: int) -> T5EncoderModel:
-    config = T5Config(
-        vocab_size=vocab_size,
-        d_model=TEXT_DIM,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return T5EncoderModel(config).eval()
+    return t5_encoder(vocab_size, TEXT_DIM, head_width=8, ff_width=64, position_buckets=8).eval()
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
@@ -116,37 +124,6 @@ def _vae(scaling_factor: float, shift_factor: float | None = None) -> Autoencode
     ).eval()
 
 
-def pixart_scheduler() -> DPMSolverMultistepScheduler:
-    # Same settings as the scheduler configs shipped with PixArt-XL-2 (α and Σ).
-    return DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.0001,
-        beta_end=0.02,
-        beta_schedule="linear",
-        prediction_type="epsilon",
-        solver_order=2,
-        algorithm_type="dpmsolver++",
-        solver_type="midpoint",
-        lower_order_final=True,
-        use_karras_sigmas=False,
-        timestep_spacing="linspace",
-        steps_offset=0,
-    )
-
-
-def flux_scheduler() -> FlowMatchEulerDiscreteScheduler:
-    """FLUX.1-dev's scheduler config (resolution-dependent shift)."""
-    return FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-
-
 def tiny_pixart_pipeline(
     variant: Literal["alpha", "sigma"] = "alpha", num_layers: int = 2, seed: int = 0
 ) -> PixArtAlphaPipeline | PixArtSigmaPipeline:
@@ -159,20 +136,8 @@ def tiny_pixart_pipeline(
     # Σ's real transformer sets interpolation_scale explicitly; α derives it from sample_size.
     extra = {"interpolation_scale": 1} if variant == "sigma" else {}
     with _seeded(seed):
-        transformer = PixArtTransformer2DModel(
-            sample_size=16,
-            num_layers=num_layers,
-            num_attention_heads=2,
-            attention_head_dim=16,
-            in_channels=LATENT_CHANNELS,
-            out_channels=2 * LATENT_CHANNELS,  # learned sigma: the pipeline keeps the first half
-            patch_size=2,
-            cross_attention_dim=TEXT_DIM,
-            caption_channels=TEXT_DIM,
-            norm_type="ada_norm_single",
-            use_additional_conditions=False,
-            **extra,
-        ).eval()
+        config = {**TINY_PIXART_TRANSFORMER, "num_layers": num_layers, **extra}
+        transformer = PixArtTransformer2DModel(**config).eval()
     tokenizer = _t5_tokenizer()
     with _seeded(seed + 1):
         text_encoder = _t5_encoder(len(tokenizer))
@@ -180,32 +145,14 @@ def tiny_pixart_pipeline(
         # α ships the SD VAE, Σ the SDXL VAE; they differ only in scaling factor here.
         vae = _vae(scaling_factor=0.18215 if variant == "alpha" else 0.13025)
     cls = PixArtAlphaPipeline if variant == "alpha" else PixArtSigmaPipeline
-    pipe = cls(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        transformer=transformer,
-        scheduler=pixart_scheduler(),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pixart_pipeline(transformer, vae, tokenizer, text_encoder, pipeline_class=cls)
 
 
 def tiny_flux_pipeline(num_layers: int = 2, num_single_layers: int = 4, seed: int = 0) -> FluxPipeline:
     """Random-weight FLUX.1-dev-style pipeline (CPU, float32). Height and width must be multiples of 16."""
     with _seeded(seed):
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=4 * LATENT_CHANNELS,  # latents are packed into 2x2 patches
-            num_layers=num_layers,
-            num_single_layers=num_single_layers,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=TEXT_DIM,
-            pooled_projection_dim=CLIP_DIM,
-            guidance_embeds=True,
-            axes_dims_rope=(4, 6, 6),  # must sum to attention_head_dim
-        ).eval()
+        config = {**TINY_FLUX_TRANSFORMER, "num_layers": num_layers, "num_single_layers": num_single_layers}
+        transformer = FluxTransformer2DModel(**config).eval()
     tokenizer = _clip_tokenizer()
     tokenizer_2 = _t5_tokenizer()
     with _seeded(seed + 1):
@@ -215,15 +162,4 @@ def tiny_flux_pipeline(num_layers: int = 2, num_single_layers: int = 4, seed: in
     with _seeded(seed + 3):
         # The FLUX VAE normalises latents with both a shift and a scale (values from FLUX.1-dev).
         vae = _vae(scaling_factor=0.3611, shift_factor=0.1159)
-    scheduler = flux_scheduler()
-    pipe = FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return flux_pipeline(transformer, vae, (text_encoder, text_encoder_2), (tokenizer, tokenizer_2))
