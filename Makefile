@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 
-.PHONY: install serve test lint format loadtest clean
+.PHONY: install serve test test-fast typecheck lint format loadtest clean
 
 # torch first, pinned: a loose torch requirement would pull a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -21,7 +21,15 @@ serve: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+
+# The in-process unit lane (seconds): planner, admission, protocol, tiers, CLI.
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q tests/unit
+
+typecheck: install
+	$(BIN)/mypy
 
 # Bounded (45 s of load) run against config.yaml's default model on loopback; rewrites docs/load.md.
 loadtest: install
@@ -37,4 +45,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -26,6 +26,7 @@ from ecad.cache import CacheEngine
 from ecad.config import ModelConfig
 from ecad.pipelines.loading import load_pipeline
 from ecad.registry import load_registry
+from ecad.tiers import Tier
 from harness.launcher import launch
 from server.imaging import encode_b64
 
@@ -91,7 +92,7 @@ def overhead_rows(client: openai.OpenAI, repeats: int) -> list[tuple[str, float,
     """HTTP and direct calls interleaved one by one, so machine load drifts hit both alike."""
     direct = DirectCall()
     rows = []
-    for tier in ("fast", "exact"):
+    for tier in (Tier.FAST, Tier.EXACT):
         http_call(client, tier, 0), direct(tier, 0)  # warm-up
         pairs = [(http_call(client, tier, seed), direct(tier, seed)) for seed in range(1, repeats + 1)]
         http, local = [h for h, _ in pairs], [d for _, d in pairs]
@@ -107,7 +108,7 @@ def throughput(base_url: str, clients: int, per_client: int) -> tuple[float, flo
         sizes = []
         for request in range(per_client):
             response = client.images.generate(
-                prompt=PROMPT, extra_body={"quality": "fast", "seed": client_index * 100 + request}
+                prompt=PROMPT, extra_body={"quality": Tier.FAST, "seed": client_index * 100 + request}
             )
             sizes.append(response.model_extra["x_ecad"]["batch_images"])
         return sizes

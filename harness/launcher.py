@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
+from harness.polling import wait_until
 from server.config import load_config
 
 ECAD = Path(sys.executable).parent / "ecad"
@@ -41,20 +41,22 @@ class RunningServer:
 
     def ready_workers(self, timeout_s: float = START_TIMEOUT_S) -> list[dict[str, Any]]:
         """Poll /readyz until it answers 200; the live workers it lists."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def workers() -> list[dict[str, Any]] | None:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"server exited with {self.process.returncode}:\n{self.log_text()[-4000:]}"
                 )
             try:
                 response = httpx.get(f"{self.base_url}/readyz", timeout=2)
-                if response.status_code == 200:
-                    return response.json()["workers"]
             except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log_text()[-4000:]}")
+                return None
+            return response.json()["workers"] if response.status_code == 200 else None
+
+        try:
+            return wait_until(workers, "server not ready", timeout_s, interval_s=0.2)
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}:\n{self.log_text()[-4000:]}") from None
 
     def stop(self) -> None:
         """SIGTERM (graceful: the server stops its workers), then make sure its process group is gone."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,6 @@ from ecad.models import Architecture, architecture_of
 from ecad.pipelines.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-# The installed `ecad` console script of the interpreter running the tests.
-ECAD = str(Path(sys.executable).parent / "ecad")
 PUBLISHED = REPO / "schedules" / "published"
 FAMILIES = ("pixart_alpha", "pixart_sigma", "flux")
 STEPS = 6

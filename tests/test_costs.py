@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
 from ecad.costs import schedule_cost
 from ecad.models import get_adapter
 from ecad.schedule import fora, load_schedule, no_cache
 from ecad.schedule.actions import Action, schedule_actions
-from tests.helpers import ECAD, PUBLISHED
+from server.cli import app
+from tests.helpers import PUBLISHED
 
 PAPER = PUBLISHED / "schedules_in_paper"
 
@@ -81,13 +82,13 @@ def test_dead_work_and_liveness() -> None:
     assert (actions[19] == Action.REUSE_RELEASE).all()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ECAD, *args], capture_output=True, text=True, timeout=120, check=False)
+def run_cli(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
 
 
 def test_schedule_info_cli_json() -> None:
     result = run_cli("schedule", "info", str(PAPER / "pixart_alpha_256/ours_fast.json"), "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
     for key in (
         "family",
@@ -125,16 +126,16 @@ def test_schedule_info_cli_json() -> None:
 
 def test_schedule_info_cli_text_and_errors(tmp_path: Path) -> None:
     text = run_cli("schedule", "info", str(PAPER / "flux_256/ours_fast.json"))
-    assert text.returncode == 0
+    assert text.exit_code == 0
     assert "TMACs scheduled     63.023  (no cache 198.692, ratio 3.15×)" in text.stdout
     bad = tmp_path / "bad.json"
     bad.write_text('{"cache_schedule": {"num_blocks": 28')
     failed = run_cli("schedule", "info", str(bad))
-    assert failed.returncode == 2
+    assert failed.exit_code == 2
     assert (
         failed.stderr.strip()
         == f"error: {bad}: <json>: not valid JSON (Expecting ',' delimiter at line 1 column 37)"
     )
     odd = run_cli("schedule", "info", str(PAPER / "flux_256/ours_fast.json"), "--resolution", "100")
-    assert odd.returncode == 2
+    assert odd.exit_code == 2
     assert odd.stderr.strip() == "error: --resolution must be a positive multiple of 16, got 100"

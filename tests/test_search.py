@@ -9,7 +9,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,9 @@ from ecad.search import load_search_config
 from ecad.search.archive import ArchivedCandidate
 from ecad.search.prompts import read_prompts
 from ecad.search.runner import heuristic_seeds, pareto_front
-from tests.helpers import ECAD
+from ecad.tiers import Tier
+from harness.launcher import ECAD
+from harness.polling import wait_until
 
 MODELS = """
 models:
@@ -112,15 +113,16 @@ def test_stop_mid_generation_then_resume_gives_the_same_front(
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     archive = state / "archive.sqlite"
-    deadline = time.monotonic() + 300
-    evaluated = 0
-    while evaluated < 9:  # generation 0 evaluates 8 candidates; the 9th is inside generation 1
+
+    def inside_generation_1() -> bool:
         assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        assert time.monotonic() < deadline, "the search made no progress"
-        if archive.exists():
-            with sqlite3.connect(archive) as connection:
-                evaluated = connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-        time.sleep(0.02)
+        if not archive.exists():
+            return False
+        with sqlite3.connect(archive) as connection:
+            evaluated = connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+        return evaluated >= 9  # generation 0 evaluates 8 candidates; the 9th is inside generation 1
+
+    wait_until(inside_generation_1, "the search made no progress", timeout_s=300, interval_s=0.02)
     os.kill(process.pid, signal_number)
     _, stderr = process.communicate(timeout=120)
     if signal_number == signal.SIGINT:  # Ctrl-C: a clean stop with a hint
@@ -195,7 +197,7 @@ def test_validation_prompts_rescore_the_front_and_pick_the_tiers(root: Path, uni
     assert all(0.0 < p["validation_value"] < 1.0 for p in points)
     assert [p["validation_value"] for p in points] != [p["quality_value"] for p in points]
     # The tier rule on the validation scores: each tier is the cheapest point within its loss ceiling.
-    for tier, ceiling in (("best", 0.02), ("balanced", 0.05), ("fast", 0.10)):
+    for tier, ceiling in ((Tier.BEST, 0.02), (Tier.BALANCED, 0.05), (Tier.FAST, 0.10)):
         eligible = [p for p in points if 1.0 - p["validation_value"] <= ceiling]
         expected = min(eligible, key=lambda p: (p["tmacs"], p["file"]))["file"] if eligible else None
         assert front["tiers"].get(tier) == expected

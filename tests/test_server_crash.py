@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,12 +17,17 @@ import pytest
 import yaml
 
 from harness.launcher import ECAD, RunningServer, free_port, launch
+from harness.polling import wait_until
 from tests.server_configs import server_config
 
 
 @pytest.fixture(scope="module")
 def server(start_server: Callable[..., RunningServer]) -> RunningServer:
     return start_server(server_config(), api_key=None)
+
+
+def group_is_gone(group: int) -> bool:
+    return subprocess.run(["pgrep", "-g", str(group)], capture_output=True, check=False).returncode != 0
 
 
 def started_groups(server: RunningServer) -> float:
@@ -49,10 +53,7 @@ def test_killed_worker_fails_request_then_server_recovers(server: RunningServer)
             size="256x256",
             extra_body={"num_inference_steps": 100, "quality": "exact"},
         )
-        deadline = time.monotonic() + 30
-        while started_groups(server) <= before:  # the worker has taken the request
-            assert time.monotonic() < deadline, "the request never started"
-            time.sleep(0.05)
+        wait_until(lambda: started_groups(server) > before, "the request never started")
         os.kill(worker["pid"], signal.SIGKILL)
         with pytest.raises(openai.InternalServerError) as caught:
             pending.result()
@@ -86,14 +87,11 @@ def test_sigterm_drains_then_stops_every_server_process(start_server: Callable[.
             n=4,
             extra_body={"num_inference_steps": 100, "quality": "exact"},
         )
-        deadline = time.monotonic() + 30
-        while started_groups(server) <= before:
-            assert time.monotonic() < deadline, "the request never started"
-            time.sleep(0.05)
+        wait_until(lambda: started_groups(server) > before, "the request never started")
         server.process.send_signal(signal.SIGTERM)
-        while (ready := httpx.get(f"{server.base_url}/readyz")).status_code == 200:
-            assert time.monotonic() < deadline, "/readyz never reported the drain"
-            time.sleep(0.05)
+        readyz = f"{server.base_url}/readyz"
+        wait_until(lambda: httpx.get(readyz).status_code != 200, "/readyz never reported the drain")
+        ready = httpx.get(readyz)
         assert (ready.status_code, ready.json()["status"]) == (503, "draining")
         with pytest.raises(openai.InternalServerError) as refused:
             client.images.generate(prompt="too late", size="64x64")
@@ -101,10 +99,7 @@ def test_sigterm_drains_then_stops_every_server_process(start_server: Callable[.
         assert refused.value.response.headers["retry-after"] == "1"
         assert len(running.result().data) == 4  # the in-flight request finished
     assert server.process.wait(timeout=60) == 0
-    deadline = time.monotonic() + 30
-    while subprocess.run(["pgrep", "-g", str(group)], capture_output=True, check=False).returncode == 0:
-        assert time.monotonic() < deadline, "server processes outlived the SIGTERM"
-        time.sleep(0.1)
+    wait_until(lambda: group_is_gone(group), "server processes outlived the SIGTERM")
     log = server.log_text()
     for noise in ("Traceback", "Warning", "leaked semaphore"):
         assert noise not in log
@@ -162,10 +157,7 @@ def test_sigterm_stops_a_server_started_with_sigint_ignored(tmp_path: Path) -> N
         assert (state / "workers").is_dir()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
-        deadline = time.monotonic() + 30
-        while subprocess.run(["pgrep", "-g", str(group)], capture_output=True, check=False).returncode == 0:
-            assert time.monotonic() < deadline, "server processes outlived the SIGTERM"
-            time.sleep(0.1)
+        wait_until(lambda: group_is_gone(group), "server processes outlived the SIGTERM")
         assert not state.exists()
     finally:
         server.stop()

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from ecad.tiers import Tier
 from harness.launcher import RunningServer
 from tests.server_configs import server_config
 
@@ -204,7 +205,7 @@ def test_models_retrieve(server: RunningServer) -> None:
     model = client.models.retrieve("ecad-tiny")
     assert (model.id, model.object, model.owned_by) == ("ecad-tiny", "model", "ecad-server")
     assert model.model_extra is not None
-    assert set(model.model_extra["x_ecad"]["tiers"]) == {"fast", "balanced", "best", "exact"}
+    assert set(model.model_extra["x_ecad"]["tiers"]) == set(Tier)
     assert model.model_dump() == client.models.list().data[0].model_dump()
     with pytest.raises(openai.NotFoundError) as caught:
         client.models.retrieve("no-such-model")

@@ -35,11 +35,11 @@ from bench.gpu.workloads import (
     section_dtype,
     text_tokens,
 )
-from ecad.cache import CacheEngine, EngineOptions, build_plan
-from ecad.cache.plan import executed_mask
+from ecad.cache import CacheEngine, EngineOptions
 from ecad.costs import schedule_cost
 from ecad.models import Architecture, Workload, architecture_of, get_adapter
 from ecad.schedule import Schedule, no_cache
+from ecad.schedule.actions import executed_mask, schedule_actions
 
 # Display order of the row groups (the order) and the order they run in when time is short.
 GROUPS = ("baseline", "ecad", "fora", "diffusers", "cache-dit", "steps", "compile")
@@ -158,7 +158,7 @@ def record_schedule_costs(
         row.cache_memory_bytes, row.cache_memory_kind = slot_peak, "slots"
         row.cache_bound_bytes = cost.cache_peak_bytes
     if realized is not None:
-        row.realized_matches_plan = torch.equal(realized, executed_mask(build_plan(method.schedule)))
+        row.realized_matches_plan = torch.equal(realized, executed_mask(schedule_actions(method.schedule)))
 
 
 def predicted_s(ctx: Context, methods: list[Method], repeats: int) -> float:

@@ -68,7 +68,7 @@ class CacheEngine:
         self.schedule = schedule
         self.options = options or EngineOptions()
         self.state = RunState(schedule_actions=schedule_actions(schedule, self.options.skip_dead_work))
-        self._hooked: list[tuple[torch.nn.Module, str]] = []
+        self._hooked: list[tuple[HookRegistry, str]] = []
 
     @property
     def applied(self) -> bool:
@@ -96,13 +96,14 @@ class CacheEngine:
         return self
 
     def _register(self, module: torch.nn.Module, hook: ModelHook, name: str) -> None:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-        self._hooked.append((module, name))
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        registry.register_hook(hook, name)
+        self._hooked.append((registry, name))
 
     def remove(self) -> None:
         self.state.restart()
-        for module, name in self._hooked:
-            module._diffusers_hook.remove_hook(name, recurse=False)
+        for registry, name in self._hooked:
+            registry.remove_hook(name, recurse=False)
         self._hooked.clear()
 
     def reset(self) -> None:

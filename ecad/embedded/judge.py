@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -151,8 +152,11 @@ def train_judge(config: JudgeTrainConfig, out: Path) -> dict[str, float]:
     for _ in bar:
         rows = torch.randint(len(pixels), (config.batch,), generator=generator)
         logits = model(_augment(pixels[rows], generator))
-        loss = sum(
-            functional.cross_entropy(logits[name], targets[name][rows], ignore_index=-1) for name in HEADS
+        loss = cast(
+            torch.Tensor,
+            sum(
+                functional.cross_entropy(logits[name], targets[name][rows], ignore_index=-1) for name in HEADS
+            ),
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

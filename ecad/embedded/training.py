@@ -225,8 +225,8 @@ class Trainer:
         alphas_cumprod = pixart_scheduler().alphas_cumprod
         tokens, masks = self.caption_tokens()
         loss_of = torch.compile(denoising_loss) if config.compile else denoising_loss
-        parameters = list(modules.parameters())
-        ema_parameters = list(ema.parameters())
+        parameters: list[torch.Tensor] = list(modules.parameters())
+        ema_parameters: list[torch.Tensor] = list(ema.parameters())
         modules.train()
         began = time.monotonic()
         bar = tqdm(range(start, config.steps), desc="denoiser", initial=start, total=config.steps)

@@ -83,8 +83,9 @@ def frechet_distance(a: FidStatistics, b: FidStatistics) -> float:
 def clean_resize(image: Image.Image) -> np.ndarray:
     """[299, 299, 3] float32 in 0..255: clean-fid's "clean" mode, bicubic per channel on floats."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    size = (INPUT_SIZE, INPUT_SIZE)
     channels = [
-        np.asarray(Image.fromarray(pixels[:, :, c], mode="F").resize((INPUT_SIZE, INPUT_SIZE), Image.BICUBIC))
+        np.asarray(Image.fromarray(pixels[:, :, c], mode="F").resize(size, Image.Resampling.BICUBIC))
         for c in range(3)
     ]
     return np.stack(channels, axis=-1)

@@ -8,6 +8,8 @@ Input: [B, 3, 299, 299] in −1..1. Output: the 2048-d pool3 features.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional
@@ -17,7 +19,7 @@ INPUT_SIZE = 299
 
 
 class BasicConv2d(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, **conv_args: object) -> None:
+    def __init__(self, in_channels: int, out_channels: int, **conv_args: Any) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv_args)
         self.bn = nn.BatchNorm2d(out_channels, eps=0.001)

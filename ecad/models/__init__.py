@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 import torch
 
 from ecad.models.base import Architecture, BlockGroup, Component, ModelAdapter, Role, Workload
@@ -31,7 +34,7 @@ def architecture_of(transformer: torch.nn.Module, family: str) -> Architecture:
     adapter = get_adapter(family)
     if type(transformer).__name__ != adapter.transformer_class:
         raise TypeError(f"{type(transformer).__name__} is not a {family} transformer")
-    return adapter.architecture(dict(transformer.config))
+    return adapter.architecture(dict(cast(Mapping[str, Any], transformer.config)))
 
 
 __all__ = [

@@ -116,13 +116,21 @@ class ModelAdapter(Protocol):
     Adding a model family means adding one adapter and registering it in `ecad.models`.
     """
 
-    family: str
-    groups: tuple[BlockGroup, ...]
-    default_text_tokens: int
-    pipeline_class: str
-    transformer_class: str
-    supports_negative_prompt: bool
-    reference: Architecture
+    # Read-only members: the adapters are frozen dataclasses.
+    @property
+    def family(self) -> str: ...
+    @property
+    def groups(self) -> tuple[BlockGroup, ...]: ...
+    @property
+    def default_text_tokens(self) -> int: ...
+    @property
+    def pipeline_class(self) -> str: ...
+    @property
+    def transformer_class(self) -> str: ...
+    @property
+    def supports_negative_prompt(self) -> bool: ...
+    @property
+    def reference(self) -> Architecture: ...
 
     def architecture(self, config: dict[str, Any]) -> Architecture: ...
 

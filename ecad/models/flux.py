@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -97,7 +97,9 @@ class FluxAdapter:
         )
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+        double = cast(torch.nn.ModuleList, transformer.transformer_blocks)
+        single = cast(torch.nn.ModuleList, transformer.single_transformer_blocks)
+        return [*double, *single]
 
     def image_tokens(self, arch: Architecture, height: int, width: int) -> int:
         cell = 16 * arch.dims["patch_size"]  # VAE ×8, then 2×2 latent packing

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -67,7 +67,7 @@ class PixArtAdapter:
         )
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(transformer.transformer_blocks)
+        return list(cast(torch.nn.ModuleList, transformer.transformer_blocks))
 
     def image_tokens(self, arch: Architecture, height: int, width: int) -> int:
         cell = 8 * arch.dims["patch_size"]  # VAE ×8, then patchify
