@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ecad.models import Architecture, architecture_of
 from ecad.pipelines.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
@@ -68,3 +69,9 @@ def assert_same_pipeline(
         atol=RELOAD_ATOL,
         rtol=0,
     )
+
+
+def noise_images(*shapes: tuple[int, int, int]) -> list[Image.Image]:
+    """Uniform-noise images of the given (height, width, channels), drawn in order from one seeded stream."""
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)) for shape in shapes]

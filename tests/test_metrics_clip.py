@@ -14,6 +14,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from ecad.metrics import MissingWeightsError, get_metric
 from ecad.metrics.clip import ClipConfig, ClipScoreMetric
+from tests.helpers import noise_images
 
 PROMPTS = ["a cat", "two red dogs on the grass", "x", "a very long prompt " * 12]
 
@@ -58,13 +59,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def images() -> list[Image.Image]:
     # Square, or with an even crop margin, where OpenAI's and transformers' center crops agree.
-    rng = np.random.default_rng(0)
-    return [
-        Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)),
-        Image.fromarray(rng.integers(0, 256, size=(48, 40, 3), dtype=np.uint8)),
-        Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)),
-        Image.new("RGB", (40, 40), (0, 128, 255)),
-    ]
+    return [*noise_images((32, 32, 3), (48, 40, 3), (64, 64, 3)), Image.new("RGB", (40, 40), (0, 128, 255))]
 
 
 def transformers_cosines(model_dir: Path) -> list[float]:

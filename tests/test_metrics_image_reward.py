@@ -21,6 +21,7 @@ from PIL import Image
 from ecad.metrics import MissingWeightsError, get_metric
 from ecad.metrics.image_reward import ImageRewardConfig, ImageRewardMetric, VisionArchitecture
 from ecad.metrics.images import center_crop, resize_short_side
+from tests.helpers import noise_images
 
 TINY_VISION = VisionArchitecture(
     image_size=32, patch_size=8, hidden_size=32, num_layers=2, num_heads=2, mlp_size=64
@@ -141,13 +142,8 @@ def write_weights(folder: Path, state: dict[str, torch.Tensor]) -> Path:
 
 
 def cases() -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [
-        Image.fromarray(rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)),
-        Image.fromarray(rng.integers(0, 256, size=(30, 50, 3), dtype=np.uint8)),
-        Image.new("RGB", (32, 32), (250, 10, 10)),
-        Image.fromarray(rng.integers(0, 256, size=(64, 48, 4), dtype=np.uint8), mode="RGBA"),
-    ]
+    square, wide, transparent = noise_images((40, 40, 3), (30, 50, 3), (64, 48, 4))
+    return [square, wide, Image.new("RGB", (32, 32), (250, 10, 10)), transparent]
 
 
 @pytest.fixture(scope="module")

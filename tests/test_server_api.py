@@ -15,47 +15,22 @@ import openai
 import pytest
 from PIL import Image
 
-from ecad.tiers import Tier
+from ecad.tiers import AUTO, QUALITY_TO_TIER, Tier, known_qualities
 from harness.launcher import RunningServer
 from harness.polling import wait_until
 from tests.server_configs import ROOT, server_config
 
 KEY = "sk-test-key"
-QUALITIES = [
-    "low",
-    "standard",
-    "medium",
-    "high",
-    "hd",
-    "xhigh",
-    "max",
-    "auto",
-    "fast",
-    "balanced",
-    "best",
-    "exact",
-]
-EXPECTED_TIER = {
-    "low": "fast",
-    "standard": "fast",
-    "medium": "balanced",
-    "high": "best",
-    "hd": "best",
-    "xhigh": "best",
-    "max": "best",
-    "auto": "best",  # idle server, default idle tier
-    "fast": "fast",
-    "balanced": "balanced",
-    "best": "best",
-    "exact": "exact",
-}
+# Every quality a request may send; tests/unit/test_tiers.py pins what each maps to, this file that the
+# server applies it. An idle server answers `auto` with its default idle tier.
+QUALITIES = known_qualities()
+EXPECTED_TIER = {**QUALITY_TO_TIER, AUTO: Tier.BEST}
 EXPECTED_SCHEDULE = {
     "fast": "fora_every_4",
     "balanced": "fora_every_3",
     "best": "fora_every_2",
     "exact": "no_cache",
 }
-ECHO = {"fast": "low", "balanced": "medium", "best": "high", "exact": "high"}
 # Alone vs batched at the model's render size (docs/server.md, "Reproducibility").
 BATCH_LEVELS = 1
 BATCH_PIXEL_SHARE = 0.01
@@ -101,7 +76,7 @@ def test_every_quality_gives_an_image(client: openai.OpenAI, quality: str, outpu
     assert extension["tier"] == tier
     assert extension["schedule"]["name"] == EXPECTED_SCHEDULE[tier]
     assert re.fullmatch(r"[0-9a-f]{12}", extension["schedule"]["digest"])
-    assert response.quality == ECHO[tier]
+    assert response.quality == tier.openai_quality
     assert response.size == "64x64"
     assert response.output_format == output_format
     assert response.background == "opaque"

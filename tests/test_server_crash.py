@@ -8,13 +8,14 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import yaml
+from openai.types import ImagesResponse
 
 from harness.launcher import ECAD, RunningServer, free_port, launch
 from harness.polling import wait_until
@@ -36,6 +37,22 @@ def started_groups(server: RunningServer) -> float:
     return float(match[1]) if match else 0.0
 
 
+def start_long_request(
+    pool: ThreadPoolExecutor, server: RunningServer, client: openai.OpenAI, prompt: str, n: int = 1
+) -> Future[ImagesResponse]:
+    """Submit a 100-step exact request and return once a worker has taken it."""
+    before = started_groups(server)
+    pending = pool.submit(
+        client.images.generate,
+        prompt=prompt,
+        size="256x256",
+        n=n,
+        extra_body={"num_inference_steps": 100, "quality": "exact"},
+    )
+    wait_until(lambda: started_groups(server) > before, "the request never started")
+    return pending
+
+
 def test_open_server_warns_and_serves(server: RunningServer) -> None:
     assert "API is open" in server.log_text()
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0)
@@ -45,15 +62,8 @@ def test_open_server_warns_and_serves(server: RunningServer) -> None:
 def test_killed_worker_fails_request_then_server_recovers(server: RunningServer) -> None:
     (worker,) = server.ready_workers()
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=45)
-    before = started_groups(server)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(
-            client.images.generate,
-            prompt="doomed",
-            size="256x256",
-            extra_body={"num_inference_steps": 100, "quality": "exact"},
-        )
-        wait_until(lambda: started_groups(server) > before, "the request never started")
+        pending = start_long_request(pool, server, client, "doomed")
         os.kill(worker["pid"], signal.SIGKILL)
         with pytest.raises(openai.InternalServerError) as caught:
             pending.result()
@@ -78,16 +88,8 @@ def test_sigterm_drains_then_stops_every_server_process(start_server: Callable[.
     members = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=True)
     assert len(members.stdout.split()) >= 3  # the main process, an API server, a worker at least
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
-    before = started_groups(server)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        running = pool.submit(
-            client.images.generate,
-            prompt="in flight at shutdown",
-            size="256x256",
-            n=4,
-            extra_body={"num_inference_steps": 100, "quality": "exact"},
-        )
-        wait_until(lambda: started_groups(server) > before, "the request never started")
+        running = start_long_request(pool, server, client, "in flight at shutdown", n=4)
         server.process.send_signal(signal.SIGTERM)
         readyz = f"{server.base_url}/readyz"
         wait_until(lambda: httpx.get(readyz).status_code != 200, "/readyz never reported the drain")

@@ -2,7 +2,7 @@
 the image shows every attribute its caption asks for) and `scene_correct` (1 when the judge's best reading
 matches them all, else 0).
 
-Registered through `ecad.metrics.register_metric`, so the metrics package never imports the embedded
+Added through `ecad.metrics.add_metric`, so the metrics package never imports the embedded
 model; `ecad/__init__.py` imports this module, so every entry point knows the names. The factories import
 the judge only when called: listing metric names loads no torch model.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ecad.metrics.registry import register_metric
+from ecad.metrics.catalog import add_metric
 
 if TYPE_CHECKING:
     from ecad.metrics.base import Metric
@@ -27,5 +27,5 @@ def _scene_correct(**options: Any) -> Metric:
     return _scene_match(**{"score": "correct", **options})
 
 
-register_metric("scene_match", _scene_match)
-register_metric("scene_correct", _scene_correct)
+add_metric("scene_match", _scene_match)
+add_metric("scene_correct", _scene_correct)

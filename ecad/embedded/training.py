@@ -74,6 +74,14 @@ def _save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, handle)
 
 
+def _save_checkpoint(path: Path, step: int, elapsed_s: float, **parts: Any) -> None:
+    """A resumable snapshot: each part's state dict, the steps done and the training time so far."""
+    _save_atomic(
+        {**{name: part.state_dict() for name, part in parts.items()}, "step": step, "elapsed_s": elapsed_s},
+        path,
+    )
+
+
 def _object_weight(x: torch.Tensor, weight: float) -> torch.Tensor:
     """Per-pixel loss weight: `weight` on objects, 1 on the flat background (read off the corners)."""
     corners = torch.stack([x[:, :, 0, 0], x[:, :, 0, -1], x[:, :, -1, 0], x[:, :, -1, -1]])
@@ -150,14 +158,8 @@ class Trainer:
             optimizer.step()
             bar.set_postfix(l1=f"{functional.l1_loss(reconstruction, x).item():.4f}")
             if (step + 1) % config.checkpoint_every == 0:
-                _save_atomic(
-                    {
-                        "model": vae.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "step": step + 1,
-                        "elapsed_s": elapsed + time.monotonic() - began,
-                    },
-                    partial,
+                _save_checkpoint(
+                    partial, step + 1, elapsed + time.monotonic() - began, model=vae, optimizer=optimizer
                 )
         elapsed += time.monotonic() - began
         vae.cpu()
@@ -258,16 +260,14 @@ class Trainer:
                 torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                _save_atomic(
-                    {
-                        "model": modules.state_dict(),
-                        "ema": ema.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "step": step + 1,
-                        "elapsed_s": elapsed + time.monotonic() - began,
-                    },
+                _save_checkpoint(
                     checkpoint,
+                    step + 1,
+                    elapsed + time.monotonic() - began,
+                    model=modules,
+                    ema=ema,
+                    optimizer=optimizer,
+                    schedule=schedule,
                 )
         elapsed += time.monotonic() - began
         return ema["text_encoder"].cpu().eval(), ema["transformer"].cpu().eval(), elapsed

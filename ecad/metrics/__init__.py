@@ -7,13 +7,13 @@ from ecad.metrics.base import (
     SetMetric,
     summary_score,
 )
-from ecad.metrics.registry import (
+from ecad.metrics.catalog import (
     MetricFactory,
+    add_metric,
     available_metrics,
     get_metric,
     higher_is_better,
-    register_metric,
-    unregister_metric,
+    remove_metric,
 )
 
 __all__ = [
@@ -22,10 +22,10 @@ __all__ = [
     "MissingWeightsError",
     "QualityMetric",
     "SetMetric",
+    "add_metric",
     "available_metrics",
     "get_metric",
     "higher_is_better",
-    "register_metric",
+    "remove_metric",
     "summary_score",
-    "unregister_metric",
 ]

@@ -14,6 +14,10 @@ class MissingWeightsError(FileNotFoundError):
     """A metric's weights are not where it was told to look; the message says what to get and where."""
 
 
+# The images a metric scores (and their no-cache references), in prompt order.
+Images = Sequence[Image.Image]
+
+
 @runtime_checkable
 class QualityMetric(Protocol):
     """A metric with one score per image.
@@ -27,10 +31,7 @@ class QualityMetric(Protocol):
     needs_references: bool
 
     def score(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
+        self, images: Images, prompts: Sequence[str], references: Images | None = None
     ) -> list[float]: ...
 
 
@@ -43,10 +44,7 @@ class SetMetric(Protocol):
     needs_references: bool
 
     def score_set(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
+        self, images: Images, prompts: Sequence[str], references: Images | None = None
     ) -> float: ...
 
 
@@ -96,12 +94,7 @@ class BatchedMetric(ABC):
     needs_references = False
     batch_size: int
 
-    def score(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
-    ) -> list[float]:
+    def score(self, images: Images, prompts: Sequence[str], references: Images | None = None) -> list[float]:
         check_batch(self.name, images, prompts)
         scores: list[float] = []
         for start in range(0, len(images), self.batch_size):

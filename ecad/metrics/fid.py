@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ecad.files import atomic_write
-from ecad.metrics.base import MissingWeightsError
+from ecad.metrics.base import Images, MissingWeightsError
 from ecad.metrics.images import iter_image_folder
 from ecad.metrics.inception import FEATURE_DIM, INPUT_SIZE, FidInceptionV3
 
@@ -183,10 +183,5 @@ class FidMetric:
         self.features = InceptionFeatures(model, config.device, config.batch_size)
         self.reference = reference_statistics(Path(config.reference).expanduser(), self.features)
 
-    def score_set(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
-    ) -> float:
+    def score_set(self, images: Images, prompts: Sequence[str], references: Images | None = None) -> float:
         return frechet_distance(FidStatistics.from_features(self.features(images)), self.reference)

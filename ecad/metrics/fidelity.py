@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ecad.metrics.base import check_batch, require_references
+from ecad.metrics.base import Images, check_batch, require_references
 from ecad.metrics.images import rgb_array
 
 DATA_RANGE = 255.0
@@ -85,12 +85,7 @@ class ReferenceMetric(ABC):
     higher_is_better = True
     needs_references = True
 
-    def score(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
-    ) -> list[float]:
+    def score(self, images: Images, prompts: Sequence[str], references: Images | None = None) -> list[float]:
         check_batch(self.name, images, prompts)
         references = require_references(self.name, images, references)
         return [self.compare(image, ref) for image, ref in zip(images, references, strict=True)]

@@ -1,7 +1,7 @@
 """Metrics selected by name, as config files and command lines do: `get_metric("clip", model_dir=...)`.
 
 Built-in factories import their module only when called, so listing or validating metric names does not
-load transformers or any weights. Other packages add theirs with `register_metric`: the embedded model's
+load transformers or any weights. Other packages add theirs with `add_metric`: the embedded model's
 judge does so in `ecad.embedded.metrics`, which importing `ecad` loads.
 """
 
@@ -65,14 +65,14 @@ _FACTORIES: dict[str, MetricFactory] = {
 _LOWER_IS_BETTER = {"fid"}
 
 
-def register_metric(
+def add_metric(
     name: str, factory: MetricFactory, *, higher_is_better: bool = True, replace: bool = False
 ) -> None:
     """Make `get_metric(name, **options)` call `factory(**options)`; a taken name needs replace=True."""
     if not name or not name.replace("_", "").isalnum():
         raise ValueError(f"metric name {name!r} must be letters, digits and underscores")
     if name in _FACTORIES and not replace:
-        raise ValueError(f"metric {name!r} is already registered")
+        raise ValueError(f"metric {name!r} is already in the catalog")
     _FACTORIES[name] = factory
     if higher_is_better:
         _LOWER_IS_BETTER.discard(name)
@@ -87,7 +87,7 @@ def higher_is_better(name: str) -> bool:
     return name not in _LOWER_IS_BETTER
 
 
-def unregister_metric(name: str) -> None:
+def remove_metric(name: str) -> None:
     """Remove a metric name (a plugin being unloaded); unknown names are an error."""
     if name not in _FACTORIES:
         raise KeyError(f"unknown metric {name!r}")

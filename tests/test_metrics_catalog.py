@@ -1,4 +1,4 @@
-"""The metric registry: names, options, third-party registration, set vs per-image summaries."""
+"""The metric catalog: names, options, metrics added by other packages, set vs per-image summaries."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from PIL import Image
 from ecad.metrics import (
     QualityMetric,
     SetMetric,
+    add_metric,
     available_metrics,
     get_metric,
     higher_is_better,
-    register_metric,
+    remove_metric,
     summary_score,
-    unregister_metric,
 )
+from ecad.metrics.base import Images
 
 
 class ImageWidth:
@@ -29,20 +30,15 @@ class ImageWidth:
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = scale
 
-    def score(
-        self,
-        images: Sequence[Image.Image],
-        prompts: Sequence[str],
-        references: Sequence[Image.Image] | None = None,
-    ) -> list[float]:
+    def score(self, images: Images, prompts: Sequence[str], references: Images | None = None) -> list[float]:
         return [self.scale * image.width for image in images]
 
 
 @pytest.fixture
-def registered_width() -> Iterator[None]:
-    register_metric("image_width", ImageWidth)
+def added_width() -> Iterator[None]:
+    add_metric("image_width", ImageWidth)
     yield
-    unregister_metric("image_width")
+    remove_metric("image_width")
 
 
 def test_builtin_names() -> None:
@@ -74,8 +70,8 @@ def test_unknown_option_is_refused() -> None:
         get_metric("psnr", data_range=1.0)
 
 
-@pytest.mark.usefixtures("registered_width")
-def test_a_registered_metric_is_built_with_its_options() -> None:
+@pytest.mark.usefixtures("added_width")
+def test_an_added_metric_is_built_with_its_options() -> None:
     assert "image_width" in available_metrics()
     metric = get_metric("image_width", scale=0.5)
     assert isinstance(metric, QualityMetric)
@@ -84,17 +80,17 @@ def test_a_registered_metric_is_built_with_its_options() -> None:
     assert summary_score(metric, images, ["a", "b"]) == 10.0
 
 
-@pytest.mark.usefixtures("registered_width")
+@pytest.mark.usefixtures("added_width")
 def test_names_are_not_silently_replaced() -> None:
-    with pytest.raises(ValueError, match=r"^metric 'image_width' is already registered$"):
-        register_metric("image_width", ImageWidth)
-    register_metric("image_width", lambda: ImageWidth(scale=2.0), replace=True)
+    with pytest.raises(ValueError, match=r"^metric 'image_width' is already in the catalog$"):
+        add_metric("image_width", ImageWidth)
+    add_metric("image_width", lambda: ImageWidth(scale=2.0), replace=True)
     assert get_metric("image_width").score([Image.new("RGB", (3, 3))], ["p"]) == [6.0]
 
 
 def test_bad_names_are_refused() -> None:
     with pytest.raises(ValueError, match="must be letters, digits and underscores"):
-        register_metric("image-width", ImageWidth)
+        add_metric("image-width", ImageWidth)
 
 
 def test_summary_of_an_empty_batch_is_an_error() -> None:
@@ -106,10 +102,10 @@ def test_direction_is_known_without_loading_the_metric() -> None:
     assert higher_is_better("image_reward")
     assert higher_is_better("fidelity")
     assert not higher_is_better("fid")
-    register_metric("test_distance", lambda **_: None, higher_is_better=False)  # type: ignore[arg-type,return-value]
+    add_metric("test_distance", lambda **_: None, higher_is_better=False)  # type: ignore[arg-type,return-value]
     try:
         assert not higher_is_better("test_distance")
     finally:
-        unregister_metric("test_distance")
+        remove_metric("test_distance")
     with pytest.raises(KeyError, match="unknown metric 'nope'"):
         higher_is_better("nope")
