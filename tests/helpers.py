@@ -11,6 +11,7 @@ from PIL import Image
 
 from ecad.models import Architecture, architecture_of
 from ecad.pipelines.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+from ecad.schedule import Schedule
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "schedules" / "published"
@@ -75,3 +76,42 @@ def noise_images(*shapes: tuple[int, int, int]) -> list[Image.Image]:
     """Uniform-noise images of the given (height, width, channels), drawn in order from one seeded stream."""
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)) for shape in shapes]
+
+
+class EcadReference:
+    """ECAD's semantics, deliberately simple and independent of the cache engine: each component either
+    computes or returns its last computed output (per pass).
+
+    Plain torch forward hooks on the component modules: every module always runs and, at steps the
+    schedule reuses it, its output is replaced. Steps are counted in transformer forwards.
+    """
+
+    def __init__(self, pipe: Any, schedule: Schedule, passes_per_step: int = 1) -> None:
+        self.compute = schedule.effective_mask().tolist()
+        self.passes_per_step = passes_per_step
+        self.forwards = 0
+        self.last: dict[tuple[int, int, int], Any] = {}
+        self.handles = [pipe.transformer.register_forward_pre_hook(self._count)]
+        blocks = schedule.adapter.blocks(pipe.transformer)
+        for block, ((group, _), module) in enumerate(zip(schedule.block_groups(), blocks, strict=True)):
+            for index, component in enumerate(group.components):
+                submodule = module.get_submodule(component.module_path)
+                self.handles.append(submodule.register_forward_hook(self._hook(block, index)))
+
+    def _count(self, *_: Any) -> None:
+        self.forwards += 1
+
+    def _hook(self, block: int, index: int) -> Any:
+        def replace(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
+            step, pass_index = divmod(self.forwards - 1, self.passes_per_step)
+            key = (block, index, pass_index)
+            if self.compute[step][block][index]:
+                self.last[key] = output
+                return output
+            return self.last[key]
+
+        return replace
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()

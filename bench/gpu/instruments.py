@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ecad.cache.hooks import COMPONENT_HOOK, ComponentCacheHook
+from ecad.cache import CacheEngine
 from ecad.models import Architecture, get_adapter
 
 
@@ -128,25 +128,18 @@ def tensor_bytes(value: Any, seen: set[int]) -> int:
 class SlotMeter:
     """Peak bytes held in the cache engine's slots after any step: the quantity the liveness bound bounds."""
 
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        self.transformer = transformer
+    def __init__(self, engine: CacheEngine) -> None:
+        self.engine = engine
         self.peak = 0
         self._handle: Any = None
 
     def __enter__(self) -> SlotMeter:
-        hooks = [
-            hook
-            for module in self.transformer.modules()
-            if (registry := getattr(module, "_diffusers_hook", None)) is not None
-            and isinstance(hook := registry.get_hook(COMPONENT_HOOK), ComponentCacheHook)
-        ]
-
         def measure(*_: Any) -> None:
             seen: set[int] = set()
-            held = sum(tensor_bytes(value, seen) for hook in hooks for value in hook.slots.values())
+            held = sum(tensor_bytes(value, seen) for value in self.engine.slot_values())
             self.peak = max(self.peak, held)
 
-        self._handle = self.transformer.register_forward_hook(measure)
+        self._handle = self.engine.transformer.register_forward_hook(measure)
         return self
 
     def __exit__(self, *exc: object) -> None:

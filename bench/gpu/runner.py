@@ -109,8 +109,8 @@ def measure(ctx: Context, method: Method, row: Row, repeats: int) -> None:
         counter = (
             None if method.compiled else stack.enter_context(ComponentCounter(ctx.pipe.transformer, ctx.arch))
         )
-        stack.enter_context(apply_method(ctx, method))
-        meter = SlotMeter(ctx.pipe.transformer) if method.schedule is not None else None
+        applied = stack.enter_context(apply_method(ctx, method))
+        meter = SlotMeter(applied) if isinstance(applied, CacheEngine) else None
         if counter:
             counter.start_run()
         started = time.perf_counter()

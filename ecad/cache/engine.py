@@ -10,14 +10,16 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ecad.cache.hooks import (
+    BLOCK_HOOK,
     CLOCK_HOOK,
-    COMPONENT_HOOK,
-    INPUT_NORM_HOOK,
-    ComponentCacheHook,
-    InputNormHook,
-    RunState,
+    COMPILED_HOOK,
+    INVARIANT_HOOK,
+    BlockHook,
+    CompiledForwardHook,
+    InvariantHook,
     StepClockHook,
 )
+from ecad.cache.state import BlockRunner, RunState, step_counts
 from ecad.models import architecture_of
 from ecad.schedule import Schedule
 from ecad.schedule.actions import schedule_actions
@@ -25,10 +27,7 @@ from ecad.schedule.actions import schedule_actions
 
 @dataclass(frozen=True)
 class EngineOptions:
-    # Skip work whose result is never read: FLUX single-block attention/MLP while `proj_out` is
-    # reused, and norms feeding a reused component. Outputs are identical either way.
-    skip_dead_work: bool = True
-    # Compile each component's computation; the per-step reuse dispatch stays eager, so a schedule
+    # Compile each component's computation; which steps compute stays eager Python, so a schedule
     # that changes from step to step does not recompile.
     compile_components: bool = False
     compile_options: tuple[tuple[str, Any], ...] = ()
@@ -58,16 +57,38 @@ class CacheEngine:
                 f"schedule {schedule.name!r} is for {schedule.architecture.block_counts} blocks, "
                 f"the model has {architecture.block_counts}"
             )
-        # Chunked feed-forward calls the `ff` module once per chunk: one cached value per step no longer
-        # fits, and the stand-in for a skipped norm cannot be chunked.
-        if any(getattr(block, "_chunk_size", None) for block in schedule.adapter.blocks(transformer)):
-            raise ValueError(
-                "feed-forward chunking is on; turn it off (set_chunk_feed_forward(None)) to cache"
-            )
+        blocks = schedule.adapter.blocks(transformer)
+        self._runners: list[BlockRunner] = []
+        for (group, _), block in zip(schedule.block_groups(), blocks, strict=True):
+            group.program.check(block)
         self.transformer = transformer
         self.schedule = schedule
         self.options = options or EngineOptions()
-        self.state = RunState(schedule_actions=schedule_actions(schedule, self.options.skip_dead_work))
+        actions = schedule_actions(schedule)
+        self.state = RunState(
+            actions=actions.tolist(),
+            counts=step_counts(actions),
+            pipeline=target if target is not transformer else None,
+        )
+        # Built once: the server applies an engine around every pipeline call.
+        self._hooks: list[tuple[torch.nn.Module, ModelHook, str]] = [
+            (transformer, StepClockHook(self.state), CLOCK_HOOK)
+        ]
+        for invariant in schedule.adapter.invariants:
+            hook = InvariantHook(self.state, invariant.inputs)
+            self._hooks.append((transformer.get_submodule(invariant.module_path), hook, INVARIANT_HOOK))
+        compile_options = dict(self.options.compile_options)
+        members: dict[str, list[torch.nn.Module]] = {}
+        for (group, _), block in zip(schedule.block_groups(), blocks, strict=True):
+            members.setdefault(group.name, []).append(block)
+        for position, ((group, index), block) in enumerate(zip(schedule.block_groups(), blocks, strict=True)):
+            runner = BlockRunner(self.state, position, index, members[group.name])
+            self._runners.append(runner)
+            self._hooks.append((block, BlockHook(group.program, runner), BLOCK_HOOK))
+            if self.options.compile_components:
+                for component in group.components:
+                    compiled = CompiledForwardHook(lambda forward: torch.compile(forward, **compile_options))
+                    self._hooks.append((block.get_submodule(component.module_path), compiled, COMPILED_HOOK))
         self._hooked: list[tuple[HookRegistry, str]] = []
 
     @property
@@ -81,24 +102,11 @@ class CacheEngine:
         if registry.get_hook(CLOCK_HOOK) is not None:
             raise RuntimeError("the transformer already runs under a cache engine; remove that one first")
         self.state.restart()
-        self._register(self.transformer, StepClockHook(self.state), CLOCK_HOOK)
-        blocks = self.schedule.adapter.blocks(self.transformer)
-        for block, ((group, _), module) in enumerate(zip(self.schedule.block_groups(), blocks, strict=True)):
-            for index, component in enumerate(group.components):
-                hook = ComponentCacheHook(self.state, block, index, component)
-                self._register(module.get_submodule(component.module_path), hook, COMPONENT_HOOK)
-                if self.options.compile_components:
-                    options = dict(self.options.compile_options)
-                    hook.compute = torch.compile(hook.fn_ref.original_forward, **options)
-                if self.options.skip_dead_work and component.input_norm is not None:
-                    norm_hook = InputNormHook(self.state, block, index)
-                    self._register(module.get_submodule(component.input_norm), norm_hook, INPUT_NORM_HOOK)
+        for module, hook, name in self._hooks:
+            registry = HookRegistry.check_if_exists_or_initialize(module)
+            registry.register_hook(hook, name)
+            self._hooked.append((registry, name))
         return self
-
-    def _register(self, module: torch.nn.Module, hook: ModelHook, name: str) -> None:
-        registry = HookRegistry.check_if_exists_or_initialize(module)
-        registry.register_hook(hook, name)
-        self._hooked.append((registry, name))
 
     def remove(self) -> None:
         self.state.restart()
@@ -112,6 +120,10 @@ class CacheEngine:
 
     def last_call_stats(self) -> CallStats:
         return CallStats(self.state.computed, self.state.reused, self.state.skipped)
+
+    def slot_values(self) -> list[Any]:
+        """Every component output the engine keeps right now for a later step."""
+        return [value for runner in self._runners for slots in runner.slots for value in slots.values()]
 
     def __enter__(self) -> Self:
         return self.apply()

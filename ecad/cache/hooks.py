@@ -3,72 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
 
-from ecad.models import Component
-from ecad.schedule.actions import Action
+from ecad.cache.state import BlockRunner, RunState
+from ecad.models.base import BlockProgram
 
 CLOCK_HOOK = "ecad_step_clock"
-COMPONENT_HOOK = "ecad_component_cache"
-INPUT_NORM_HOOK = "ecad_input_norm"
-_NOT_COMPUTED = (int(Action.REUSE), int(Action.REUSE_RELEASE), int(Action.SKIP))
-
-
-@dataclass
-class RunState:
-    """The denoising clock of one transformer plus per-call counters, shared by all its hooks.
-
-    Diffusers passes no step index to PixArt or FLUX transformers, so the clock counts forwards:
-    a new timestep is a new step; a repeated timestep is another pass of the same step (true CFG run
-    as two calls), whose cached values are kept apart; a timestep that goes up starts a new call.
-    """
-
-    schedule_actions: torch.Tensor
-    # The actions as nested lists: hooks look up one action per module call, and indexing a tensor costs
-    # microseconds each — enough, over every hook of a FLUX step, to leave a GPU waiting on Python.
-    actions: list[list[list[int]]] = field(init=False)
-    step: int = -1
-    pass_index: int = 0
-    last_timestep: float | None = None
-    computed: int = 0
-    reused: int = 0
-    skipped: int = 0
-    on_new_call: list[Callable[[], None]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.actions = self.schedule_actions.tolist()
-
-    def tick(self, timestep: float) -> None:
-        if self.last_timestep is None or timestep > self.last_timestep:
-            self.restart()
-            self.step = 0
-        elif timestep == self.last_timestep:
-            self.pass_index += 1
-        else:
-            self.step += 1
-            self.pass_index = 0
-        self.last_timestep = timestep
-        if self.step >= len(self.actions):
-            steps = len(self.actions)
-            self.restart()
-            raise ValueError(
-                f"the pipeline ran more denoising steps than the schedule has ({steps}); "
-                f"call it with num_inference_steps={steps}"
-            )
-
-    def restart(self) -> None:
-        self.step, self.pass_index, self.last_timestep = -1, 0, None
-        self.computed = self.reused = self.skipped = 0
-        for release in self.on_new_call:
-            release()
+BLOCK_HOOK = "ecad_block"
+INVARIANT_HOOK = "ecad_invariant"
+COMPILED_HOOK = "ecad_compiled_component"
 
 
 class StepClockHook(ModelHook):
-    """On the transformer: advance the clock before each forward."""
+    """On the transformer: advance the clock before each forward, from host-side facts only."""
 
     def __init__(self, state: RunState) -> None:
         super().__init__()
@@ -77,67 +27,60 @@ class StepClockHook(ModelHook):
     def pre_forward(
         self, module: torch.nn.Module, *args: Any, **kwargs: Any
     ) -> tuple[tuple[Any], dict[str, Any]]:
-        timestep = kwargs.get("timestep")
-        if timestep is None:
-            raise ValueError(
-                "the cache engine needs the transformer's `timestep` passed as a keyword argument"
-            )
-        value = timestep.reshape(-1)[0].item() if isinstance(timestep, torch.Tensor) else float(timestep)
-        self.state.tick(float(value))
+        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else (args[0] if args else None)
+        self.state.tick(hidden_states, kwargs)
         return args, kwargs
 
 
-class ComponentCacheHook(ModelHook):
-    """On one component module: compute, reuse or skip it as the schedule's actions say this step."""
+class BlockHook(ModelHook):
+    """On one transformer block: run the family's block program against this block's runner."""
 
-    def __init__(self, state: RunState, block: int, index: int, component: Component) -> None:
+    def __init__(self, program: BlockProgram, runner: BlockRunner) -> None:
         super().__init__()
-        self.state = state
-        self.block, self.index, self.component = block, index, component
-        self.slots: dict[int, Any] = {}
-        self.compute: Callable[..., Any] | None = None
-        state.on_new_call.append(self.slots.clear)
+        self.program = program
+        self.runner = runner
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state = self.state
-        action = state.actions[state.step][self.block][self.index]
-        if action == Action.REUSE:
-            state.reused += 1
-            return self.slots[state.pass_index]
-        if action == Action.REUSE_RELEASE:
-            state.reused += 1
-            return self.slots.pop(state.pass_index)
-        if action == Action.SKIP:
-            state.skipped += 1
-            assert self.component.placeholder is not None
-            return self.component.placeholder(module, args, kwargs)
-        state.computed += 1
-        compute = self.compute or self.fn_ref.original_forward
-        output = compute(*args, **kwargs)
-        if action == Action.COMPUTE_STORE:
-            self.slots[state.pass_index] = output
+        return self.program(module, self.runner, *args, **kwargs)
+
+
+class InvariantHook(ModelHook):
+    """On a submodule whose output depends only on named transformer inputs: compute it once per call
+    for each distinct set of those input tensors (one per pass), and return that output afterwards."""
+
+    def __init__(self, state: RunState, inputs: tuple[str, ...]) -> None:
+        super().__init__()
+        self.state = state
+        self.inputs = inputs
+        self.memo: list[tuple[tuple[Any, ...], Any]] = []
+        state.on_new_call.append(self.memo.clear)
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        sources = tuple(self.state.call_inputs.get(name) for name in self.inputs)
+        if any(source is None for source in sources):
+            return self.fn_ref.original_forward(*args, **kwargs)
+        for seen, output in self.memo:
+            if all(a is b for a, b in zip(seen, sources, strict=True)):
+                return output
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self.memo.append((sources, output))
         return output
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.slots.clear()
+        self.memo.clear()
         return module
 
 
-class InputNormHook(ModelHook):
-    """On a norm that feeds one component only: skip it at steps where that component is not computed.
+class CompiledForwardHook(ModelHook):
+    """On a component module: run its forward compiled. Which steps compute stays decided in eager
+    Python by the block program, so a schedule that changes from step to step does not recompile."""
 
-    Its output would only pass through the block's modulation (`x * (1 + scale) + shift`) into the
-    component, which then ignores its input. A [batch, 1, 1] stand-in broadcasts through that
-    modulation at almost no cost; on CPU in bf16 this dead norm work was 60 % of a fully cached step.
-    """
-
-    def __init__(self, state: RunState, block: int, index: int) -> None:
+    def __init__(self, compile_forward: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
         super().__init__()
-        self.state = state
-        self.block, self.index = block, index
+        self.compile_forward = compile_forward
+        self.compiled: Callable[..., Any] | None = None
 
-    def new_forward(self, module: torch.nn.Module, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        state = self.state
-        if state.actions[state.step][self.block][self.index] in _NOT_COMPUTED:
-            return hidden.new_zeros((hidden.shape[0], 1, 1))
-        return self.fn_ref.original_forward(hidden, *args, **kwargs)
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is None:
+            self.compiled = self.compile_forward(self.fn_ref.original_forward)
+        return self.compiled(*args, **kwargs)

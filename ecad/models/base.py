@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -25,7 +25,7 @@ class Role(StrEnum):
 
 
 StepCallback = Callable[[int, torch.Tensor], None]
-Placeholder = Callable[[torch.nn.Module, tuple[Any, ...], dict[str, Any]], torch.Tensor]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,72 @@ class Component:
     """One cacheable component: its ECAD name, the submodule it wraps (relative to its block) and role.
 
     `read_by` names the component of the same block that is the only consumer of this one's output,
-    so its work is dead at steps where that consumer is reused. `placeholder` builds a tensor of the
-    right shape to return instead of computing dead work. `input_norm` is the block's norm whose
-    output feeds only this component (through the block's elementwise modulation), so it is dead
-    whenever the component is reused.
+    so its work is dead at steps where that consumer is reused.
     """
 
     name: str
     module_path: str
     role: Role
     read_by: str | None = None
-    placeholder: Placeholder | None = None
-    input_norm: str | None = None
+
+
+class BlockRun(Protocol):
+    """The cache engine's side of one block at the current step, as a block program sees it.
+
+    Component indices are positions in the block group's `components`.
+    """
+
+    @property
+    def position(self) -> int:
+        """This block's index within its group."""
+        ...
+
+    @property
+    def group_blocks(self) -> Sequence[torch.nn.Module]:
+        """Every block of this block's group, in order."""
+        ...
+
+    def computes(self, component: int) -> bool:
+        """Whether the component computes at this step (its inputs are then live)."""
+        ...
+
+    def output(self, component: int, compute: Callable[[], Any]) -> Any:
+        """The component's output at this step: `compute()`, kept for later steps when one reads it, or
+        the kept value. None where the schedule says nothing reads it (dead work, never computed)."""
+        ...
+
+    def per_forward(self, key: str, make: Callable[[], T]) -> T:
+        """`make()` once per transformer forward, shared by every block (values that depend only on the
+        forward's inputs, such as the adaLN activation)."""
+        ...
+
+    def per_call(self, key: str, make: Callable[[], T]) -> T:
+        """`make()` once per pipeline call (values that depend only on the weights)."""
+        ...
+
+
+class BlockProgram(Protocol):
+    """A block's forward written against a `BlockRun`: it computes a component, and the norm and
+    modulation feeding it, only where the schedule computes that component, so a reused block runs only
+    its live math. With every component computing it performs the stock forward's ops in the stock
+    order, which keeps outputs bit-identical."""
+
+    def check(self, block: torch.nn.Module) -> None:
+        """Raise ValueError naming the setting if this block is configured in a way the program does not
+        carry out."""
+        ...
+
+    def __call__(self, block: torch.nn.Module, run: BlockRun, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """A submodule whose output depends only on some of the transformer's keyword arguments, which a
+    pipeline passes as the same tensors at every step (the prompt embeddings, the position ids): the
+    cache engine computes it once per call and pass instead of once per step."""
+
+    module_path: str
+    inputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -59,6 +113,7 @@ class BlockGroup:
     key_prefix: str
     count_key: str
     components: tuple[Component, ...]
+    program: BlockProgram
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -131,6 +186,8 @@ class ModelAdapter(Protocol):
     def supports_negative_prompt(self) -> bool: ...
     @property
     def reference(self) -> Architecture: ...
+    @property
+    def invariants(self) -> tuple[Invariant, ...]: ...
 
     def architecture(self, config: dict[str, Any]) -> Architecture: ...
 

@@ -6,8 +6,18 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
+from torch.nn import functional
 
-from ecad.models.base import Architecture, BlockGroup, Component, Role, StepCallback, Workload
+from ecad.models.base import (
+    Architecture,
+    BlockGroup,
+    BlockRun,
+    Component,
+    Invariant,
+    Role,
+    StepCallback,
+    Workload,
+)
 
 _MLP_RATIO = 4
 _TIMESTEP_FREQ_DIM = 256
@@ -27,18 +37,116 @@ FLUX_1_DEV: dict[str, Any] = {
 }
 
 
-def _attention_placeholder(
-    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> torch.Tensor:
-    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-    return hidden.new_empty(hidden.shape)
+ATTENTION, FEED_FORWARD, CONTEXT_FEED_FORWARD = range(3)
+SINGLE_ATTENTION, MLP_IN, MLP_OUT = range(3)
 
 
-def _linear_placeholder(
-    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> torch.Tensor:
-    hidden = kwargs["input"] if "input" in kwargs else args[0]
-    return hidden.new_empty((*hidden.shape[:-1], module.out_features))
+def _adaln_activation(run: BlockRun, temb: torch.Tensor) -> torch.Tensor:
+    """SiLU of the conditioning vector: every adaLN of every block applies it to the same `temb`."""
+    return run.per_forward("adaln_activation", lambda: functional.silu(temb))
+
+
+def _check_adaln(norm: Any) -> None:
+    if getattr(norm, "emb", None) is not None:
+        raise ValueError("FLUX blocks whose adaLN embeds its own timestep are not supported")
+
+
+class DoubleBlockProgram:
+    """`FluxTransformerBlock`: joint attention over image and text streams, a feed-forward for each."""
+
+    def check(self, block: Any) -> None:
+        _check_adaln(block.norm1)
+        _check_adaln(block.norm1_context)
+
+    def __call__(
+        self,
+        block: Any,
+        run: BlockRun,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        activation = _adaln_activation(run, temb)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1.linear(activation).chunk(
+            6, dim=1
+        )
+        c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = (
+            block.norm1_context.linear(activation).chunk(6, dim=1)
+        )
+
+        def attention() -> tuple[torch.Tensor, ...]:
+            normed = block.norm1.norm(hidden_states) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+            normed_context = (
+                block.norm1_context.norm(encoder_hidden_states) * (1 + c_scale_msa[:, None])
+                + c_shift_msa[:, None]
+            )
+            outputs = block.attn(
+                hidden_states=normed,
+                encoder_hidden_states=normed_context,
+                image_rotary_emb=image_rotary_emb,
+                **(joint_attention_kwargs or {}),
+            )
+            if len(outputs) != 2:
+                raise ValueError("IP-Adapter attention is not supported under the cache engine")
+            return cast(tuple[torch.Tensor, ...], outputs)
+
+        attn_output, context_attn_output = run.output(ATTENTION, attention)
+        hidden = hidden_states + gate_msa.unsqueeze(1) * attn_output
+
+        def feed_forward() -> torch.Tensor:
+            return block.ff(block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None])
+
+        hidden = hidden + gate_mlp.unsqueeze(1) * run.output(FEED_FORWARD, feed_forward)
+        context = encoder_hidden_states + c_gate_msa.unsqueeze(1) * context_attn_output
+
+        def context_feed_forward() -> torch.Tensor:
+            return block.ff_context(
+                block.norm2_context(context) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+            )
+
+        context = context + c_gate_mlp.unsqueeze(1) * run.output(CONTEXT_FEED_FORWARD, context_feed_forward)
+        if context.dtype == torch.float16:
+            context = context.clip(-65504, 65504)
+        return context, hidden
+
+
+class SingleBlockProgram:
+    """`FluxSingleTransformerBlock`: attention and an MLP side by side on the joined streams, both read
+    only by `proj_out`; while `proj_out` is reused they run only to keep a value a later step reads."""
+
+    def check(self, block: Any) -> None:
+        _check_adaln(block.norm)
+
+    def __call__(
+        self,
+        block: Any,
+        run: BlockRun,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        text_tokens = encoder_hidden_states.shape[1]
+        joined = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        shift, scale, gate = block.norm.linear(_adaln_activation(run, temb)).chunk(3, dim=1)
+        normed = None
+        if run.computes(SINGLE_ATTENTION) or run.computes(MLP_IN):
+            normed = block.norm.norm(joined) * (1 + scale[:, None]) + shift[:, None]
+        mlp = run.output(MLP_IN, lambda: block.proj_mlp(normed))
+        attn = run.output(
+            SINGLE_ATTENTION,
+            lambda: block.attn(
+                hidden_states=normed, image_rotary_emb=image_rotary_emb, **(joint_attention_kwargs or {})
+            ),
+        )
+        projected = run.output(MLP_OUT, lambda: block.proj_out(torch.cat([attn, block.act_mlp(mlp)], dim=2)))
+        joined = joined + gate.unsqueeze(1) * projected
+        if joined.dtype == torch.float16:
+            joined = joined.clip(-65504, 65504)
+        return joined[:, :text_tokens], joined[:, text_tokens:]
 
 
 DOUBLE_BLOCKS = BlockGroup(
@@ -47,21 +155,21 @@ DOUBLE_BLOCKS = BlockGroup(
     count_key="num_blocks",
     components=(
         Component("full_attn", "attn", Role.JOINT_ATTENTION),
-        Component("full_ff", "ff", Role.FEED_FORWARD, input_norm="norm2"),
-        Component("full_ff_context", "ff_context", Role.FEED_FORWARD, input_norm="norm2_context"),
+        Component("full_ff", "ff", Role.FEED_FORWARD),
+        Component("full_ff_context", "ff_context", Role.FEED_FORWARD),
     ),
+    program=DoubleBlockProgram(),
 )
-# In a single block, attention and the MLP input projection are read only by `proj_out` of the same
-# block; when `proj_out` is reused their work is dead unless a later step reads the cached value.
 SINGLE_BLOCKS = BlockGroup(
     name="single",
     key_prefix="single_",
     count_key="num_single_blocks",
     components=(
-        Component("single_attn", "attn", Role.JOINT_ATTENTION, "single_proj_out", _attention_placeholder),
-        Component("single_proj_mlp", "proj_mlp", Role.FEED_FORWARD, "single_proj_out", _linear_placeholder),
+        Component("single_attn", "attn", Role.JOINT_ATTENTION, read_by="single_proj_out"),
+        Component("single_proj_mlp", "proj_mlp", Role.FEED_FORWARD, read_by="single_proj_out"),
         Component("single_proj_out", "proj_out", Role.PROJECTION),
     ),
+    program=SingleBlockProgram(),
 )
 
 
@@ -72,6 +180,12 @@ class FluxAdapter:
     pipeline_class: str = "FluxPipeline"
     transformer_class: str = "FluxTransformer2DModel"
     groups: tuple[BlockGroup, ...] = (DOUBLE_BLOCKS, SINGLE_BLOCKS)
+    # Computed by the transformer at every step from inputs the pipeline passes unchanged.
+    invariants: tuple[Invariant, ...] = (
+        Invariant("pos_embed", ("txt_ids", "img_ids")),
+        Invariant("context_embedder", ("encoder_hidden_states",)),
+        Invariant("time_text_embed.text_embedder", ("pooled_projections",)),
+    )
 
     @property
     def reference(self) -> Architecture:

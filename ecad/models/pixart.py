@@ -7,17 +7,109 @@ from typing import Any, cast
 
 import torch
 
-from ecad.models.base import Architecture, BlockGroup, Component, Role, StepCallback, Workload
+from ecad.models.base import (
+    Architecture,
+    BlockGroup,
+    BlockRun,
+    Component,
+    Invariant,
+    Role,
+    StepCallback,
+    Workload,
+)
+
+SELF_ATTENTION, CROSS_ATTENTION, FEED_FORWARD = range(3)
+
+
+class PixArtBlockProgram:
+    """`BasicTransformerBlock` with adaLN-single, as PixArt builds it (no GLIGEN, no positional
+    embedding inside the block, cross-attention present).
+
+    Every block adds its own `scale_shift_table` to the same timestep embedding: one add over the
+    stacked tables serves all blocks of a forward, element for element the same sums.
+    """
+
+    def check(self, block: Any) -> None:
+        if getattr(block, "norm_type", None) != "ada_norm_single":
+            raise ValueError(f"PixArt blocks must use norm_type 'ada_norm_single', got {block.norm_type!r}")
+        if block.pos_embed is not None or block.only_cross_attention or block.attn2 is None:
+            raise ValueError(
+                "PixArt blocks with pos_embed, only_cross_attention or no attn2 are not supported"
+            )
+        # Chunked feed-forward calls `ff` once per chunk: one cached value per step no longer fits.
+        if block._chunk_size is not None:
+            raise ValueError(
+                "feed-forward chunking is on; turn it off (set_chunk_feed_forward(None)) to cache"
+            )
+
+    def __call__(
+        self,
+        block: Any,
+        run: BlockRun,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        timestep: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        class_labels: torch.Tensor | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        assert timestep is not None, "adaLN-single blocks need the embedded timestep"
+        attention_kwargs = dict(cross_attention_kwargs or {})
+        if "gligen" in attention_kwargs:
+            raise ValueError("GLIGEN inputs are not supported under the cache engine")
+        batch = hidden_states.shape[0]
+        tables = run.per_call(
+            "scale_shift_tables",
+            lambda: torch.stack([cast(torch.Tensor, b.scale_shift_table) for b in run.group_blocks]),
+        )
+        modulation = run.per_forward(
+            "modulation", lambda: tables[:, None] + timestep.reshape(1, batch, 6, -1)
+        )
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation[run.position].chunk(
+            6, dim=1
+        )
+
+        def self_attention() -> torch.Tensor:
+            normed = block.norm1(hidden_states) * (1 + scale_msa) + shift_msa
+            return block.attn1(
+                normed, encoder_hidden_states=None, attention_mask=attention_mask, **attention_kwargs
+            )
+
+        hidden = gate_msa * run.output(SELF_ATTENTION, self_attention) + hidden_states
+        if hidden.ndim == 4:
+            hidden = hidden.squeeze(1)
+        cross = run.output(
+            CROSS_ATTENTION,
+            lambda: block.attn2(
+                hidden,
+                encoder_hidden_states=encoder_hidden_states,
+                attention_mask=encoder_attention_mask,
+                **attention_kwargs,
+            ),
+        )
+        hidden = cross + hidden
+
+        def feed_forward() -> torch.Tensor:
+            return block.ff(block.norm2(hidden) * (1 + scale_mlp) + shift_mlp)
+
+        hidden = gate_mlp * run.output(FEED_FORWARD, feed_forward) + hidden
+        if hidden.ndim == 4:
+            hidden = hidden.squeeze(1)
+        return hidden
+
 
 BLOCKS = BlockGroup(
     name="transformer",
     key_prefix="",
     count_key="num_blocks",
     components=(
-        Component("attn1", "attn1", Role.SELF_ATTENTION, input_norm="norm1"),
+        Component("attn1", "attn1", Role.SELF_ATTENTION),
         Component("attn2", "attn2", Role.CROSS_ATTENTION),
-        Component("ff", "ff", Role.FEED_FORWARD, input_norm="norm2"),
+        Component("ff", "ff", Role.FEED_FORWARD),
     ),
+    program=PixArtBlockProgram(),
 )
 
 # Timestep embedding input width of diffusers' `Timesteps` projection in PixArt.
@@ -45,6 +137,8 @@ class PixArtAdapter:
     pipeline_class: str
     transformer_class: str = "PixArtTransformer2DModel"
     groups: tuple[BlockGroup, ...] = (BLOCKS,)
+    # The caption projection reads only the prompt embeddings, the same tensor at every step.
+    invariants: tuple[Invariant, ...] = (Invariant("caption_projection", ("encoder_hidden_states",)),)
 
     @property
     def reference(self) -> Architecture:
