@@ -27,7 +27,7 @@ COLUMNS = (
 CACHE_DIT_PRESETS = ("slow", "medium", "fast", "ultra")
 
 
-def run_quick(out: Path) -> dict[str, Any]:
+def run_quick(out: Path, baseline: Path) -> dict[str, Any]:
     only = [arg for key in SECTIONS for arg in ("--only", key)]
     command = [
         sys.executable,
@@ -40,6 +40,8 @@ def run_quick(out: Path) -> dict[str, Any]:
         "cpu",
         "--repeats",
         "1",
+        "--baseline",
+        str(baseline),
     ]
     env = os.environ | {
         "OMP_NUM_THREADS": "1",
@@ -60,8 +62,18 @@ def expected_rows(family_schedules: tuple[str, ...], flux: bool) -> set[str]:
     return rows
 
 
+def write_baseline(path: Path) -> Path:
+    """An earlier run with one row that matches this run's and one that does not."""
+    rows = [
+        {"key": "no_cache", "status": "ok", "ms_per_image": 123.4, "efficiency": 1.0},
+        {"key": "ecad:not_in_this_run", "status": "ok", "ms_per_image": 1.0, "efficiency": 0.5},
+    ]
+    path.write_text(json.dumps({"sections": [{"key": "pixart_alpha_64", "rows": rows}]}))
+    return path
+
+
 def test_quick_cpu_run_fills_every_row_and_column(tmp_path: Path) -> None:
-    report = run_quick(tmp_path)
+    report = run_quick(tmp_path, write_baseline(tmp_path / "baseline.json"))
     markdown = (tmp_path / "gpu.md").read_text()
     assert report["environment"]["torch"]
     assert [section["key"] for section in report["sections"]] == list(SECTIONS)
@@ -82,3 +94,12 @@ def test_quick_cpu_run_fills_every_row_and_column(tmp_path: Path) -> None:
                 assert row["realized_matches_plan"], key
             if key.startswith(("ecad:", "compile:ours")):
                 assert 0 < row["cache_memory_bytes"] <= row["cache_bound_bytes"], key
+            if not row["compiled"]:
+                assert row["kernel_ops_per_step"] > 0, key
+            assert row["cuda_launches_per_step"] is None, key  # no CUDA here
+            if key.startswith(("ecad:", "fora_")):
+                assert row["host_syncs_per_call"] == 0, key
+    assert "baseline ms/image" in markdown and "baseline.json" in markdown
+    baseline_rows = {row["key"]: row for row in report["sections"][0]["rows"]}
+    assert baseline_rows["no_cache"]["baseline_ms_per_image"] == 123.4
+    assert baseline_rows["fora_3"]["baseline_ms_per_image"] is None

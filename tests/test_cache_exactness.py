@@ -19,7 +19,7 @@ import torch
 
 from ecad.cache import CacheEngine
 from ecad.models import architecture_of
-from ecad.pipelines.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+from ecad.pipelines.tiny import real_depth_pipeline
 from ecad.schedule import Schedule, fora, load_schedule, no_cache
 from tests.helpers import PUBLISHED, EcadReference, generate
 
@@ -34,12 +34,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @cache
-def real_depth_pipeline(family: str, dtype_name: str) -> Any:
-    if family == "flux":
-        pipe = tiny_flux_pipeline(num_layers=19, num_single_layers=38)
-    else:
-        pipe = tiny_pixart_pipeline("sigma" if family == "pixart_sigma" else "alpha", num_layers=28)
-    return pipe.to(DTYPES[dtype_name])
+def cached_pipeline(family: str, dtype_name: str) -> Any:
+    return real_depth_pipeline(family).to(DTYPES[dtype_name])
 
 
 def all_reuse(pipe: Any, family: str) -> Schedule:
@@ -83,7 +79,7 @@ def assert_steps_equal(engine: list[torch.Tensor], reference: list[torch.Tensor]
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("family", list(PUBLISHED_SCHEDULES))
 def test_every_schedule_matches_the_reference_at_every_step(family: str, dtype_name: str) -> None:
-    pipe = real_depth_pipeline(family, dtype_name)
+    pipe = cached_pipeline(family, dtype_name)
     with torch.inference_mode():
         with recording(pipe) as stock:
             run(pipe, family)
@@ -105,7 +101,7 @@ def test_every_schedule_matches_the_reference_at_every_step(family: str, dtype_n
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 def test_flux_true_cfg_passes_match_the_reference(dtype_name: str) -> None:
     """True CFG runs the transformer twice per step on the same latents; each pass keeps its own values."""
-    pipe = real_depth_pipeline("flux", dtype_name)
+    pipe = cached_pipeline("flux", dtype_name)
     schedule = schedules(pipe, "flux")["ours_fast"]
     cfg = {"negative_prompt": ["noise", "blur"], "true_cfg_scale": 2.0}
     with torch.inference_mode():

@@ -21,9 +21,18 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu.report import Report, SectionReport, environment, markdown_table
+from bench.gpu.report import (
+    Report,
+    SectionReport,
+    attach_baseline,
+    environment,
+    markdown_table,
+    read_baseline,
+)
 from bench.gpu.runner import MIN_REPEATS, Run, run_section
 from bench.gpu.workloads import full_sections, quick_sections, section_dtype, text_tokens
+
+DEFAULT_BASELINE = Path(__file__).resolve().parents[2] / "docs" / "gpu-results" / "2026-11-26-h200.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,9 +45,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, help="images per call in every section (default: auto)")
     parser.add_argument("--only", action="append", help="run only these sections, e.g. flux_256")
     parser.add_argument(
+        "--baseline",
+        default=str(DEFAULT_BASELINE),
+        help="an earlier run's gpu.json whose rows are shown beside this run's ('none': no baseline; "
+        "default: the old engine's H200 run in docs/gpu-results)",
+    )
+    parser.add_argument(
         "--compile-backend", help="torch.compile backend (default inductor; eager for --quick on CPU)"
     )
     args = parser.parse_args(argv)
+    args.baseline = None if args.baseline.lower() == "none" else Path(args.baseline)
+    if args.baseline is not None and not args.baseline.is_file():
+        parser.error(f"--baseline {args.baseline}: no such file")
     args.budget_s = args.budget_s or (600.0 if args.quick else 420.0)
     args.repeats = max(1, args.repeats or (MIN_REPEATS if args.quick else 3))
     # Inductor needs minutes of C++ compilation on a CPU; eager still exercises Dynamo's tracing.
@@ -59,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         sections = [s for s in sections if s.key in args.only]
     report = Report(environment=environment(device), settings={k: str(v) for k, v in vars(args).items()})
+    baseline = read_baseline(args.baseline) if args.baseline is not None else {}
     run = Run(args, device, report)
     print(json.dumps(report.environment, indent=2), flush=True)
     deadline = time.perf_counter() + args.budget_s
@@ -79,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         report.sections.append(entry)
         print(f"== {section.key}: budget {budget:.0f} s", flush=True)
         run_section(run, section, entry, budget)
+        attach_baseline(entry, baseline)
         print("\n".join(markdown_table(entry)), flush=True)
     run.write()
     return 0

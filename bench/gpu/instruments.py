@@ -1,4 +1,5 @@
-"""Measuring one row: wall time, the components that really ran, cache slot bytes and GPU memory."""
+"""Measuring one row: wall time, the components that really ran, cache slot bytes, GPU memory, and what
+one call launches and syncs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from ecad.cache import CacheEngine
 from ecad.models import Architecture, get_adapter
+from harness.dispatch import count_forwards
 
 
 class Stopwatch:
@@ -48,6 +50,43 @@ def timed_call(call: Callable[[int], None], steps: int, watch: Stopwatch) -> Tim
     call(steps)
     watch.mark("end")
     return Timing(watch.between_ms("start", "end"), watch.between_ms("decode", "end"))
+
+
+# CUDA runtime / driver calls that launch a kernel, as torch.profiler names them.
+CUDA_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+@dataclass
+class Launches:
+    """One untimed call: the transformer's ATen kernel ops per step (exact, any device; eager rows only,
+    since compiled code launches past the dispatcher), CUDA kernel launches per step over the whole call
+    (profiler; None off CUDA) and host reads of a tensor in the call (each a device sync on CUDA)."""
+
+    kernel_ops_per_step: float | None
+    cuda_launches_per_step: float | None
+    host_syncs_per_call: int | None
+
+
+def count_launches(
+    call: Callable[[int], None], steps: int, transformer: torch.nn.Module, cuda: bool, compiled: bool
+) -> Launches:
+    kernel_ops = host_syncs = None
+    if not compiled:
+        with count_forwards(transformer) as (counter, forwards):
+            call(steps)
+        kernel_ops = sum(forward.kernels for forward in forwards) / steps  # the transformer's, all passes
+        host_syncs = counter.totals["host_syncs"]  # the whole call
+    cuda_launches = None
+    if cuda:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as profile:
+            call(steps)
+            torch.cuda.synchronize()
+        names = [event.name for event in profile.events()]
+        cuda_launches = sum(name in CUDA_LAUNCHES for name in names) / steps
+        if compiled:
+            host_syncs = names.count("aten::_local_scalar_dense")
+    return Launches(kernel_ops, cuda_launches, host_syncs)
 
 
 class ComponentCounter:

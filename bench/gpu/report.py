@@ -43,6 +43,12 @@ class Row:
     graphs_compiled_while_timed: int | None = None
     realized_consistent: bool | None = None
     realized_matches_plan: bool | None = None
+    kernel_ops_per_step: float | None = None
+    cuda_launches_per_step: float | None = None
+    host_syncs_per_call: int | None = None
+    # The same row of an earlier run (`--baseline`), beside this one.
+    baseline_ms_per_image: float | None = None
+    baseline_efficiency: float | None = None
 
     def add_note(self, text: str) -> None:
         self.note = f"{self.note}; {text}" if self.note else text
@@ -81,6 +87,10 @@ def gib(value: int | None) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
 
 
+def number(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def times(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
@@ -101,16 +111,19 @@ def markdown_table(section: SectionReport) -> list[str]:
         "",
         *[f"- {note}" for note in section.notes],
         "",
-        "| method | ms/image | speed-up | MAC ratio | wall/MAC | peak GPU mem | cache mem (measured / bound) "
-        "| paper A6000 | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | ms/image | speed-up | MAC ratio | wall/MAC | kernel ops / step | CUDA launches / step "
+        "| host syncs / call | baseline ms/image | baseline wall/MAC | peak GPU mem "
+        "| cache mem (measured / bound) | paper A6000 | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in section.rows:
-        ms = "–" if row.ms_per_image is None else f"{row.ms_per_image:.1f}"
-        efficiency = "–" if row.efficiency is None else f"{row.efficiency:.0%}"
         note = row.note if row.status == "ok" else f"**{row.status}**: {row.note}"
         lines.append(
-            f"| {row.label} | {ms} | {times(row.speedup)} | {times(row.mac_ratio)} | {efficiency} "
+            f"| {row.label} | {number(row.ms_per_image, '.1f')} | {times(row.speedup)} "
+            f"| {times(row.mac_ratio)} | {number(row.efficiency, '.0%')} "
+            f"| {number(row.kernel_ops_per_step, '.0f')} | {number(row.cuda_launches_per_step, '.0f')} "
+            f"| {number(row.host_syncs_per_call, 'd')} "
+            f"| {number(row.baseline_ms_per_image, '.1f')} | {number(row.baseline_efficiency, '.0%')} "
             f"| {gib(row.peak_memory_bytes)} | {cache_cell(row)} | {times(row.paper_speedup)} "
             f"| {note.replace('|', '/')} |"
         )
@@ -133,9 +146,26 @@ def markdown(report: Report) -> str:
         "measured slot bytes / liveness bound; peers: peak-memory growth over no cache.",
         "",
     ]
+    baseline = report.settings.get("baseline")
+    if baseline and baseline != "None":
+        lines += [f"Baseline columns: the same section and row in `{baseline}`.", ""]
     for section in report.sections:
         lines += markdown_table(section)
     return "\n".join(lines)
+
+
+def read_baseline(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rows of an earlier run's gpu.json, by (section key, row key)."""
+    document = json.loads(path.read_text())
+    return {(section["key"], row["key"]): row for section in document["sections"] for row in section["rows"]}
+
+
+def attach_baseline(section: SectionReport, baseline: dict[tuple[str, str], dict[str, Any]]) -> None:
+    for row in section.rows:
+        earlier = baseline.get((section.key, row.key))
+        if earlier is not None and earlier.get("status") == "ok":
+            row.baseline_ms_per_image = earlier.get("ms_per_image")
+            row.baseline_efficiency = earlier.get("efficiency")
 
 
 def write_outputs(out: Path, report: Report) -> None:

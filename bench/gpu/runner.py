@@ -20,6 +20,7 @@ from bench.gpu.instruments import (
     ComponentCounter,
     SlotMeter,
     Stopwatch,
+    count_launches,
     peak_memory,
     reset_memory,
     restore_forwards,
@@ -123,6 +124,14 @@ def measure(ctx: Context, method: Method, row: Row, repeats: int) -> None:
             if counter:
                 counter.start_run()
             timings.append(timed_call(ctx.call, method.steps, ctx.watch))
+        if counter:
+            counter.start_run()
+        launches = count_launches(
+            ctx.call, method.steps, ctx.pipe.transformer, ctx.device.type == "cuda", method.compiled
+        )
+    row.kernel_ops_per_step = launches.kernel_ops_per_step
+    row.cuda_launches_per_step = launches.cuda_launches_per_step
+    row.host_syncs_per_call = launches.host_syncs_per_call
     row.repeats = repeats
     row.runs_ms_per_image = [t.total_ms / ctx.batch for t in timings]
     row.ms_per_image = statistics.median(row.runs_ms_per_image)

@@ -26,7 +26,14 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Encoder
 from ecad.models.pipelines import flux_pipeline, pixart_pipeline
 from ecad.pipelines.t5 import character_pieces, t5_encoder, t5_tokenizer
 
-__all__ = ["TINY_FLUX_TRANSFORMER", "TINY_PIXART_TRANSFORMER", "tiny_flux_pipeline", "tiny_pixart_pipeline"]
+__all__ = [
+    "TINY_FLUX_TRANSFORMER",
+    "TINY_PIXART_TRANSFORMER",
+    "real_depth_call",
+    "real_depth_pipeline",
+    "tiny_flux_pipeline",
+    "tiny_pixart_pipeline",
+]
 
 TEXT_DIM = 32  # T5 d_model == PixArt caption_channels == FLUX joint_attention_dim
 CLIP_DIM = 32  # CLIP hidden size == FLUX pooled_projection_dim
@@ -163,3 +170,37 @@ def tiny_flux_pipeline(num_layers: int = 2, num_single_layers: int = 4, seed: in
         # The FLUX VAE normalises latents with both a shift and a scale (values from FLUX.1-dev).
         vae = _vae(scaling_factor=0.3611, shift_factor=0.1159)
     return flux_pipeline(transformer, vae, (text_encoder, text_encoder_2), (tokenizer, tokenizer_2))
+
+
+def real_depth_pipeline(family: str, seed: int = 0) -> Any:
+    """A tiny-width pipeline with the real model's depth (PixArt 28 blocks; FLUX.1-dev 19 + 38).
+
+    What a step launches depends on depth, not width: at this width a forward costs what it launches,
+    as a GPU forward at small batch does.
+    """
+    if family == "flux":
+        return tiny_flux_pipeline(num_layers=19, num_single_layers=38, seed=seed)
+    if family not in ("pixart_alpha", "pixart_sigma"):
+        raise ValueError(f"unknown family {family!r}")
+    return tiny_pixart_pipeline("sigma" if family == "pixart_sigma" else "alpha", num_layers=28, seed=seed)
+
+
+# PixArt renders at its transformer's sample size (16 latent pixels), where the patch embedding keeps its
+# position table, as the real model does at its native resolution.
+REAL_DEPTH_SIZES = {"pixart_alpha": 128, "pixart_sigma": 128, "flux": 64}
+
+
+def real_depth_call(pipe: Any, family: str, steps: int, **kwargs: Any) -> Any:
+    """One denoising run of a `real_depth_pipeline` to latents (no decode), 16 text tokens."""
+    extra = {} if family == "flux" else {"use_resolution_binning": False, "clean_caption": False}
+    size = REAL_DEPTH_SIZES[family]
+    return pipe(
+        prompt=["a red circle"],
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+        max_sequence_length=16,
+        output_type="latent",
+        **extra,
+        **kwargs,
+    ).images
