@@ -98,10 +98,9 @@ def test_every_schedule_matches_the_reference_at_every_step(family: str, dtype_n
             assert_steps_equal(got, expected)
 
 
-@pytest.mark.parametrize("dtype_name", list(DTYPES))
-def test_flux_true_cfg_passes_match_the_reference(dtype_name: str) -> None:
+def test_flux_true_cfg_passes_match_the_reference() -> None:
     """True CFG runs the transformer twice per step on the same latents; each pass keeps its own values."""
-    pipe = cached_pipeline("flux", dtype_name)
+    pipe = cached_pipeline("flux", "float32")
     schedule = schedules(pipe, "flux")["ours_fast"]
     cfg = {"negative_prompt": ["noise", "blur"], "true_cfg_scale": 2.0}
     with torch.inference_mode():
