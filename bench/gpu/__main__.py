@@ -25,6 +25,7 @@ from bench.gpu.report import (
     Report,
     SectionReport,
     attach_baseline,
+    baseline_note,
     environment,
     markdown_table,
     read_baseline,
@@ -46,15 +47,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", help="run only these sections, e.g. flux_256")
     parser.add_argument(
         "--baseline",
-        default=str(DEFAULT_BASELINE),
         help="an earlier run's gpu.json whose rows are shown beside this run's ('none': no baseline; "
-        "default: the old engine's H200 run in docs/gpu-results)",
+        "default: the old engine's H200 run in docs/gpu-results, where it exists)",
     )
     parser.add_argument(
         "--compile-backend", help="torch.compile backend (default inductor; eager for --quick on CPU)"
     )
     args = parser.parse_args(argv)
-    args.baseline = None if args.baseline.lower() == "none" else Path(args.baseline)
+    if args.baseline is None:
+        args.baseline = DEFAULT_BASELINE if DEFAULT_BASELINE.is_file() else None
+    elif args.baseline.lower() == "none":
+        args.baseline = None
+    else:
+        args.baseline = Path(args.baseline)
     if args.baseline is not None and not args.baseline.is_file():
         parser.error(f"--baseline {args.baseline}: no such file")
     args.budget_s = args.budget_s or (600.0 if args.quick else 420.0)
@@ -77,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         sections = [s for s in sections if s.key in args.only]
     report = Report(environment=environment(device), settings={k: str(v) for k, v in vars(args).items()})
-    baseline = read_baseline(args.baseline) if args.baseline is not None else {}
+    baseline = read_baseline(args.baseline) if args.baseline is not None else None
+    if baseline is not None:
+        report.settings["baseline_ran_on"] = baseline_note(baseline, report.environment)
     run = Run(args, device, report)
     print(json.dumps(report.environment, indent=2), flush=True)
     deadline = time.perf_counter() + args.budget_s

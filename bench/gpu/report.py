@@ -43,9 +43,14 @@ class Row:
     graphs_compiled_while_timed: int | None = None
     realized_consistent: bool | None = None
     realized_matches_plan: bool | None = None
+    # One extra untimed call under torch.profiler, after the timed runs (instruments.profiled_call).
+    transformer_forwards: int | None = None
     kernel_ops_per_step: float | None = None
     cuda_launches_per_step: float | None = None
+    cuda_launches_per_call: int | None = None
     host_syncs_per_call: int | None = None
+    cuda_syncs_per_call: int | None = None
+    profiled_call_s: float | None = None
     # The same row of an earlier run (`--baseline`), beside this one.
     baseline_ms_per_image: float | None = None
     baseline_efficiency: float | None = None
@@ -112,9 +117,9 @@ def markdown_table(section: SectionReport) -> list[str]:
         *[f"- {note}" for note in section.notes],
         "",
         "| method | ms/image | speed-up | MAC ratio | wall/MAC | kernel ops / step | CUDA launches / step "
-        "| host syncs / call | baseline ms/image | baseline wall/MAC | peak GPU mem "
+        "| host syncs / call | CUDA syncs / call | baseline ms/image | baseline wall/MAC | peak GPU mem "
         "| cache mem (measured / bound) | paper A6000 | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in section.rows:
         note = row.note if row.status == "ok" else f"**{row.status}**: {row.note}"
@@ -122,7 +127,7 @@ def markdown_table(section: SectionReport) -> list[str]:
             f"| {row.label} | {number(row.ms_per_image, '.1f')} | {times(row.speedup)} "
             f"| {times(row.mac_ratio)} | {number(row.efficiency, '.0%')} "
             f"| {number(row.kernel_ops_per_step, '.0f')} | {number(row.cuda_launches_per_step, '.0f')} "
-            f"| {number(row.host_syncs_per_call, 'd')} "
+            f"| {number(row.host_syncs_per_call, 'd')} | {number(row.cuda_syncs_per_call, 'd')} "
             f"| {number(row.baseline_ms_per_image, '.1f')} | {number(row.baseline_efficiency, '.0%')} "
             f"| {gib(row.peak_memory_bytes)} | {cache_cell(row)} | {times(row.paper_speedup)} "
             f"| {note.replace('|', '/')} |"
@@ -148,21 +153,51 @@ def markdown(report: Report) -> str:
     ]
     baseline = report.settings.get("baseline")
     if baseline and baseline != "None":
-        lines += [f"Baseline columns: the same section and row in `{baseline}`.", ""]
+        ran_on = report.settings.get("baseline_ran_on", "")
+        lines += [f"Baseline columns: the same section and row in `{baseline}`{ran_on}.", ""]
+    lines += [
+        "Per step = per transformer forward (one a step in every section), from one extra untimed call "
+        "under torch.profiler after the timed runs. Kernel ops: the transformer's ATen ops that launch a "
+        "kernel (eager rows). CUDA launches: kernel launch calls inside the transformer's forwards. Host "
+        "syncs: reads of a tensor on the host (`.item()`) in the whole call; CUDA syncs: every blocking "
+        "CUDA call in it (host reads, `nonzero`, copies from pageable memory, synchronizes).",
+        "",
+    ]
     for section in report.sections:
         lines += markdown_table(section)
     return "\n".join(lines)
 
 
-def read_baseline(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """Rows of an earlier run's gpu.json, by (section key, row key)."""
+@dataclass
+class Baseline:
+    """An earlier run's gpu.json: its rows by (section key, row key), and what it ran on."""
+
+    rows: dict[tuple[str, str], dict[str, Any]]
+    ran_on: str
+
+
+def read_baseline(path: Path) -> Baseline:
     document = json.loads(path.read_text())
-    return {(section["key"], row["key"]): row for section in document["sections"] for row in section["rows"]}
+    rows = {(section["key"], row["key"]): row for section in document["sections"] for row in section["rows"]}
+    env = document.get("environment", {})
+    parts = [env.get("gpu", env.get("device")), env.get("torch") and f"torch {env['torch']}"]
+    return Baseline(rows, ", ".join(part for part in parts if part))
 
 
-def attach_baseline(section: SectionReport, baseline: dict[tuple[str, str], dict[str, Any]]) -> None:
+def baseline_note(baseline: Baseline, here: dict[str, Any]) -> str:
+    """How the baseline's machine compares with this one, for the line that names it."""
+    if not baseline.ran_on:
+        return ""
+    gpu = here.get("gpu", here["device"])
+    other = "" if baseline.ran_on.startswith(gpu) else f"; this run: {gpu}, timings not like for like"
+    return f" (ran on {baseline.ran_on}{other})"
+
+
+def attach_baseline(section: SectionReport, baseline: Baseline | None) -> None:
+    if baseline is None:
+        return
     for row in section.rows:
-        earlier = baseline.get((section.key, row.key))
+        earlier = baseline.rows.get((section.key, row.key))
         if earlier is not None and earlier.get("status") == "ok":
             row.baseline_ms_per_image = earlier.get("ms_per_image")
             row.baseline_efficiency = earlier.get("efficiency")
